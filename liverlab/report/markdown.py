@@ -1,0 +1,227 @@
+"""The sweep report: report.md + figures + results tables, written atomically.
+
+``make_report`` reads the sweep's runs (``liverlab.tracking.reader``),
+computes per-arm statistics and paired comparisons
+(``liverlab.report.stats``), draws the figures (``liverlab.report.figures``),
+writes everything into a temporary folder next to ``out`` and swaps it in
+with renames, so a crash never leaves a half-written report. It then logs
+the folder to the sweep's parent MLflow run under ``report/``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from liverlab.errors import LiverlabError
+from liverlab.report import figures, stats
+
+_NAMES = {"iou": "IoU", "dice": "Dice", "assd": "ASSD", "mssd": "MSSD", "ravd": "RAVD"}
+
+
+def _f(x: Any, nd: int = 4) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
+
+
+def _p(x: Any) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3g}"
+
+
+def _signed(x: Any) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:+.2f}"
+
+
+def _images(group: pl.DataFrame) -> str:
+    """'350 real + 714 synthetic' from logged data/n_real, data/n_synthetic (median over runs)."""
+    parts = []
+    for key, word in (("data/n_real", "real"), ("data/n_synthetic", "synthetic")):
+        col = next((c for c in (f"metric.{key}", f"param.{key}") if c in group.columns), None)
+        if col is None:
+            continue
+        v = group[col].cast(pl.Float64, strict=False).drop_nulls()
+        if v.len() and not (word == "synthetic" and v.median() == 0):
+            parts.append(f"{int(round(v.median()))} {word}")
+    return " + ".join(parts) or "n/a"
+
+
+def _unique(runs: pl.DataFrame, col: str, parent_tags: dict[str, str], tag: str) -> str:
+    vals = sorted({str(v) for v in runs[col].drop_nulls().to_list()}) if col in runs.columns else []
+    if not vals and tag in parent_tags:
+        vals = [parent_tags[tag]]
+    return ", ".join(f"`{v}`" for v in vals) or "unknown"
+
+
+def _sweep_name(name: str | None, parent_tags: dict[str, str], runs: pl.DataFrame, fallback: str) -> str:
+    """Explicit name > the parent's liverlab.sweep tag > the runs' sweep tag > experiment / run id."""
+    if name:
+        return name
+    if parent_tags.get("liverlab.sweep"):
+        return parent_tags["liverlab.sweep"]
+    if "sweep" in runs.columns and runs["sweep"].drop_nulls().len():
+        return str(runs["sweep"].drop_nulls()[0])
+    return str(fallback)
+
+
+def _comparison_sentence(row: dict[str, Any]) -> str:
+    what = _NAMES.get(row["metric"], row["metric"])
+    unit = " points" if row["unit"] == "points" else ""
+    level = "seeds" if row["level"] == "seed" else "(seed, patient) pairs"
+    text = (
+        f"{what} {_signed(row['mean_diff'])}{unit}, 95 % CI [{_signed(row['t_lo'])}, {_signed(row['t_hi'])}], "
+        f"paired t p = {_p(row['t_p'])}, Wilcoxon p = {_p(row['w_p'])}, d_z = {_f(row['d_z'], 2)}, "
+        f"n = {row['n']} {level}"
+    )
+    return text + (f" ({row['note']})" if row["note"] else "")
+
+
+def _markdown(ctx: dict[str, Any]) -> str:
+    runs, units, summary, comps = ctx["runs"], ctx["units"], ctx["summary"], ctx["comparisons"]
+    arms = sorted(units["arm"].unique().to_list())
+    counts = dict(runs.group_by("status").len().iter_rows())
+    seeds = sorted(units["seed"].drop_nulls().unique().to_list())
+    L: list[str] = [f"# Sweep report: {ctx['name']}", ""]
+    L += ["## What was run", ""]
+    L.append(f"- Sweep `{ctx['name']}`; tracking store `{ctx['uri']}`; experiment `{ctx['experiment']}`; "
+             f"parent run `{ctx['parent_run_id'] or 'none'}`" + (f" ({ctx['parent_note']})" if ctx["parent_note"] else ""))
+    L.append(f"- Runs: {runs.height} (" + ", ".join(f"{counts[s]} {s.lower()}" for s in sorted(counts)) + "); "
+             f"statistics use the {ctx['n_finished']} finished runs, one per (arm, seed): "
+             f"{units.height} units" + (f" ({ctx['n_finished'] - units.height} extra Optuna samples set aside: "
+                                        f"the best by `{stats.OBJECTIVE}` was kept per arm and seed)"
+                                        if ctx["n_finished"] > units.height else ""))
+    L.append(f"- Arms ({len(arms)}): " + "; ".join(
+        f"`{a}` = {stats.arm_label(a)} (n = {units.filter(pl.col('arm') == a).height})" for a in arms))
+    L.append(f"- Seeds ({len(seeds)}): {', '.join(map(str, seeds)) or 'none'}")
+    L.append(f"- Git commit: {_unique(units, 'git_commit', ctx['parent_tags'], 'liverlab.git_commit')} "
+             f"(dirty: {_unique(units, 'git_dirty', ctx['parent_tags'], 'liverlab.git_dirty')}); "
+             f"data manifest hash: {_unique(units, 'manifest_hash', ctx['parent_tags'], 'liverlab.manifest_hash')}; "
+             f"search space: {_unique(units, 'space_file', ctx['parent_tags'], 'liverlab.space_file')}")
+    L.append(f"- Baseline: {ctx['baseline_note']}")
+    sources = summary.select("arm", "metric", "source").filter(pl.col("source") != "test")
+    if sources.height:
+        L.append("- Metric source: `metric.test/<name>` where logged; **fallback to `best.val/<name>`** for: " +
+                 "; ".join(f"{r['arm']} {r['metric']} ({r['source']})" for r in sources.iter_rows(named=True)))
+    else:
+        L.append("- Metric source: test metrics (`metric.test/<name>`, logged once after training) for every unit")
+    L.append(f"- Intervals: 95 %, Student t and percentile bootstrap ({ctx['n_boot']} resamples, seed {ctx['seed']})")
+    L.append(f"- Generated {ctx['generated']}")
+    L += ["", "## Results in the paper's form", "", "| training data | images | Dice | IoU |", "|---|---|---|---|"]
+    by = {(r["arm"], r["metric"]): r for r in summary.iter_rows(named=True)}
+    vals = ctx["vals_units"]
+    for a in arms:
+        L.append(f"| {stats.arm_label(a)} | {_images(vals.filter(pl.col('arm') == a))} | "
+                 f"{_f(by.get((a, 'dice'), {}).get('mean'))} | {_f(by.get((a, 'iou'), {}).get('mean'))} |")
+    L += ["", "Means over the n units (seeds) of each arm; intervals below.", ""]
+    L += ["## Per-arm results", "",
+          "| arm | metric | source | n | mean | SD | 95 % t CI | 95 % bootstrap CI |", "|---|---|---|---|---|---|---|---|"]
+    for r in summary.iter_rows(named=True):
+        L.append(f"| {stats.arm_label(r['arm'])} | {_NAMES.get(r['metric'], r['metric'])} | {r['source']} | {r['n']} | "
+                 f"{_f(r['mean'])} | {_f(r['sd'])} | [{_f(r['t_lo'])}, {_f(r['t_hi'])}] | "
+                 f"[{_f(r['boot_lo'])}, {_f(r['boot_hi'])}] |")
+    L += ["", "## Paired comparisons against the baseline", ""]
+    if ctx["baseline"] is None:
+        L.append(ctx["baseline_note"] + ".")
+    elif comps.height == 0:
+        L.append(f"No arm shares a seed with the baseline `{ctx['baseline']}`: nothing to pair.")
+    else:
+        L.append(f"Differences are arm minus baseline `{ctx['baseline']}` ({stats.arm_label(ctx['baseline'])}), "
+                 "paired by seed (and by seed and test patient where per-patient tables exist). "
+                 "IoU and Dice differences are in points (x100); ASSD/MSSD in mm, RAVD in its logged unit.")
+        L.append("")
+        for arm in sorted(comps["arm"].unique().to_list()):
+            L.append(f"- **{stats.arm_label(arm)} vs {stats.arm_label(ctx['baseline'])}** (`{arm}` vs `{ctx['baseline']}`):")
+            for r in comps.filter(pl.col("arm") == arm).iter_rows(named=True):
+                L.append(f"  - {_comparison_sentence(r)}")
+    L += ["", "## Figures", ""]
+    for name, path in ctx["figures"].items():
+        note = ctx["figure_notes"].get(name, "")
+        L += [f"### {name.replace('_', ' ')}" + (f" ({note})" if note else ""), "", f"![{name}]({path.name})", ""]
+    for name, why in ctx["skipped"].items():
+        L.append(f"- {name.replace('_', ' ')}: not drawn ({why})")
+    L += ["", "## Files", "",
+          "- `results.parquet`, `results.csv`: one row per run (all statuses; `selected` marks the units used above)",
+          "- `summary.csv`: the per-arm table; `comparisons.csv`: the paired comparisons", ""]
+    return "\n".join(L)
+
+
+def _swap_in(tmp: Path, out: Path) -> None:
+    """Replace ``out`` by ``tmp`` with renames (same filesystem), removing the old folder after."""
+    old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def make_report(
+    uri: str,
+    experiment: str | None = None,
+    parent_run_id: str | None = None,
+    baseline: str | None = None,
+    out: str | Path = "report",
+    *,
+    n_boot: int = 10_000,
+    seed: int = 0,
+    log_to_parent: bool = True,
+    name: str | None = None,
+) -> Path:
+    """Write the report folder ``out`` (report.md, PNGs, results.*) and return the path of report.md."""
+    from liverlab.report.source import sweep_runs
+    from liverlab.tracking.reader import read_histories, read_per_patient, read_run_tags
+    from liverlab.tracking.writer import log_artifacts_to_run
+
+    runs, parent_run_id, parent_note = sweep_runs(uri, experiment, parent_run_id)
+    where = f"experiment {experiment!r}" if experiment else f"parent run {parent_run_id}"
+    if runs.height == 0:
+        raise LiverlabError(f"no runs for {where} in {uri}")
+    runs = stats.with_arm(runs)
+    finished = runs.filter(pl.col("status") == "FINISHED")
+    if finished.height == 0:
+        counts = ", ".join(f"{n} {s}" for s, n in sorted(runs.group_by("status").len().iter_rows()))
+        raise LiverlabError(f"no finished runs for {where} in {uri} ({counts})")
+    units = stats.select_units(finished)
+    base_arm, base_note = stats.resolve_baseline(units, baseline)
+    summary = stats.arm_summary(units, n_boot=n_boot, seed=seed)
+    per_patient = read_per_patient(uri, units)
+    comps = stats.paired_comparisons(units, base_arm, per_patient) if base_arm else stats.paired_comparisons(
+        units.head(0), "", None)
+    parent_tags = read_run_tags(uri, parent_run_id) if parent_run_id else {}
+    vals_runs = stats.metric_values(runs)
+    vals_units = stats.metric_values(units)
+    hist = read_histories(uri, units, ["val/iou"])
+
+    out = Path(out).resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        figs, skipped, notes = figures.all_figures(
+            uri, vals_runs.filter(pl.col("status") == "FINISHED"), vals_units, hist, tmp)
+        selected = set(units["run_id"].to_list())
+        results = vals_runs.with_columns(pl.col("run_id").is_in(list(selected)).alias("selected"))
+        results.write_parquet(tmp / "results.parquet")
+        results.with_columns(pl.col(pl.Datetime).dt.to_string("%Y-%m-%dT%H:%M:%S%.3fZ")).write_csv(tmp / "results.csv")
+        summary.write_csv(tmp / "summary.csv")
+        comps.write_csv(tmp / "comparisons.csv")
+        ctx = {
+            "name": _sweep_name(name, parent_tags, runs, experiment or parent_run_id or "sweep"),
+            "uri": uri, "experiment": experiment or (runs["experiment_id"][0]), "parent_run_id": parent_run_id,
+            "parent_note": parent_note, "runs": runs, "units": units, "n_finished": finished.height,
+            "summary": summary, "comparisons": comps, "baseline": base_arm, "baseline_note": base_note,
+            "parent_tags": parent_tags, "vals_units": vals_units, "figures": figs, "skipped": skipped,
+            "figure_notes": notes, "n_boot": n_boot, "seed": seed,
+            "generated": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        }
+        (tmp / "report.md").write_text(_markdown(ctx))
+        _swap_in(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if log_to_parent and parent_run_id:
+        log_artifacts_to_run(uri, parent_run_id, out, "report")
+    return out / "report.md"

@@ -1,0 +1,285 @@
+"""Per-arm statistics and paired comparisons against a baseline arm.
+
+Conventions (documented in docs/report.md):
+
+* The unit of replication is the **seed**. A sweep may run several Optuna
+  samples per (arm, seed); :func:`select_units` keeps the one with the best
+  validation objective (``best.val/iou``), i.e. model selection on
+  validation, evaluation on test. With one trial per (arm, seed) nothing is
+  dropped.
+* A run's value for metric ``m`` is ``metric.test/<m>`` (logged once after
+  training); where a run has no test metrics it falls back to
+  ``best.val/<m>`` and the ``source`` column says so.
+* Intervals are 95 %: Student t (``mean +- t_{0.975, n-1} * sd / sqrt(n)``)
+  and percentile bootstrap of the mean (seeded, ``n_boot`` resamples).
+* Paired differences are ``arm - baseline`` over shared seeds (and over
+  shared (seed, patient) pairs where per-patient tables exist); IoU and Dice
+  differences are in **points** (x100), the others in their own units.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from liverlab.errors import LiverlabError
+
+METRICS: tuple[str, ...] = ("iou", "dice", "assd", "mssd", "ravd")
+POINT_METRICS = frozenset({"iou", "dice"})
+OBJECTIVE = "best.val/iou"
+NO_ARM = "(no arm)"
+_SYNTH_LABEL = {"none": "real only", "essnet": "real + EssNet", "cyclegan": "real + CycleGAN"}
+_SPLIT_FACTORS = re.compile(r",(?=[\w.\-]+=)")
+
+
+# ----------------------------------------------------------------------------- arms
+
+
+def arm_factors(arm: str | None) -> dict[str, str]:
+    """``'synthesis=none,unet.mixing_ratio=0.5'`` -> ``{'synthesis': 'none', 'unet.mixing_ratio': '0.5'}``."""
+    if not arm or "=" not in arm:
+        return {}
+    return dict(part.split("=", 1) for part in _SPLIT_FACTORS.split(arm) if "=" in part)
+
+
+def arm_label(arm: str) -> str:
+    """Plain words for an arm: 'real + EssNet (mixing ratio 0.5)'."""
+    factors = arm_factors(arm)
+    if not factors:
+        return arm
+    synth = factors.pop("synthesis", None)
+    head = _SYNTH_LABEL.get(synth or "", f"synthesis {synth}" if synth else "")
+    rest = [
+        f"mixing ratio {v}" if k.endswith("mixing_ratio") else f"{k} {v}" for k, v in sorted(factors.items())
+    ]
+    if head and rest:
+        return f"{head} ({', '.join(rest)})"
+    return head or ", ".join(rest)
+
+
+def arm_synthesis(runs: pl.DataFrame) -> dict[str, str | None]:
+    """Arm -> its synthesis value, from the ``synthesis`` arm factor, else ``param.synthesis``."""
+    out: dict[str, str | None] = {}
+    for arm in runs["arm"].unique().sort().to_list():
+        synth = arm_factors(arm).get("synthesis")
+        if synth is None and "param.synthesis" in runs.columns:
+            values = runs.filter(pl.col("arm") == arm)["param.synthesis"].drop_nulls().unique().to_list()
+            synth = values[0] if len(values) == 1 else None
+        out[arm] = synth
+    return out
+
+
+def resolve_baseline(runs: pl.DataFrame, baseline: str | None) -> tuple[str | None, str]:
+    """(baseline arm or None, a sentence saying how it was chosen).
+
+    Explicit ``baseline`` must be one of the arms (LiverlabError listing them);
+    otherwise the arm whose synthesis is ``none`` (real MRI only).
+    """
+    arms = sorted(runs["arm"].unique().to_list())
+    if baseline is not None:
+        if baseline not in arms:
+            raise LiverlabError(f"--baseline {baseline!r} is not an arm of this sweep; arms: {', '.join(arms)}")
+        return baseline, f"baseline `{baseline}` (chosen with --baseline)"
+    real_only = [a for a, s in arm_synthesis(runs).items() if s == "none"]
+    if not real_only:
+        return None, "no baseline: no arm has synthesis = none (pass --baseline ARM)"
+    note = f"baseline `{real_only[0]}` (the arm with synthesis = none, real MRI only)"
+    if len(real_only) > 1:
+        note += f"; {len(real_only)} arms have synthesis = none, the first was taken (use --baseline to choose)"
+    return real_only[0], note
+
+
+# ----------------------------------------------------------------------------- run values
+
+
+def with_arm(runs: pl.DataFrame) -> pl.DataFrame:
+    """Make sure ``arm`` (String) and ``seed`` (Int64) columns exist; missing arms -> '(no arm)'."""
+    exprs = []
+    exprs.append((pl.col("arm") if "arm" in runs.columns else pl.lit(None, dtype=pl.String)).fill_null(NO_ARM).alias("arm"))
+    exprs.append((pl.col("seed") if "seed" in runs.columns else pl.lit(None, dtype=pl.Int64)).cast(pl.Int64).alias("seed"))
+    return runs.with_columns(exprs)
+
+
+def metric_values(runs: pl.DataFrame, metrics: Sequence[str] = METRICS) -> pl.DataFrame:
+    """Add ``value.<m>`` and ``source.<m>`` ('test' | 'best val' | null) for each metric."""
+    exprs: list[pl.Expr] = []
+    for m in metrics:
+        test, val = f"metric.test/{m}", f"best.val/{m}"
+        t = pl.col(test) if test in runs.columns else pl.lit(None, dtype=pl.Float64)
+        v = pl.col(val) if val in runs.columns else pl.lit(None, dtype=pl.Float64)
+        exprs.append(pl.coalesce(t, v).cast(pl.Float64).alias(f"value.{m}"))
+        exprs.append(
+            pl.when(t.is_not_null()).then(pl.lit("test")).when(v.is_not_null()).then(pl.lit("best val"))
+            .otherwise(pl.lit(None, dtype=pl.String)).alias(f"source.{m}")
+        )
+    return runs.with_columns(exprs)
+
+
+def select_units(runs: pl.DataFrame, objective: str = OBJECTIVE) -> pl.DataFrame:
+    """One run per (arm, seed): the one with the highest ``objective`` (ties: earliest).
+
+    Runs without a seed are each their own unit (and cannot be paired).
+    """
+    runs = with_arm(runs)
+    score = pl.col(objective) if objective in runs.columns else pl.lit(None, dtype=pl.Float64)
+    ranked = runs.with_columns(score.fill_nan(None).alias("_score"), pl.int_range(pl.len()).alias("_order"))
+    seeded = (
+        ranked.filter(pl.col("seed").is_not_null())
+        .sort(["_score", "_order"], descending=[True, False], nulls_last=True)
+        .unique(subset=["arm", "seed"], keep="first", maintain_order=True)
+    )
+    unseeded = ranked.filter(pl.col("seed").is_null())
+    return pl.concat([seeded, unseeded]).sort("arm", "seed", "_order", nulls_last=True).drop("_score", "_order")
+
+
+# ----------------------------------------------------------------------------- intervals
+
+
+def t_interval(x: np.ndarray, conf: float = 0.95) -> tuple[float, float]:
+    """Student-t interval of the mean; NaNs when n < 2."""
+    from scipy import stats
+
+    x = np.asarray(x, dtype=float)
+    n = x.size
+    if n < 2:
+        return math.nan, math.nan
+    half = stats.t.ppf(0.5 + conf / 2, n - 1) * x.std(ddof=1) / math.sqrt(n)
+    return float(x.mean() - half), float(x.mean() + half)
+
+
+def bootstrap_interval(x: np.ndarray, n_boot: int = 10_000, seed: int = 0, conf: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean (vectorised, in chunks of <= ~8M draws)."""
+    x = np.asarray(x, dtype=float)
+    n = x.size
+    if n < 2 or n_boot < 1:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    chunk = max(1, min(n_boot, 8_000_000 // n))  # bounds memory for very large arms
+    means = np.concatenate(
+        [x[rng.integers(0, n, size=(min(chunk, n_boot - i), n))].mean(axis=1) for i in range(0, n_boot, chunk)]
+    )
+    lo, hi = np.percentile(means, [50 * (1 - conf), 50 * (1 + conf)])
+    return float(lo), float(hi)
+
+
+def describe(x: Iterable[float], n_boot: int = 10_000, seed: int = 0) -> dict[str, float | int]:
+    """n, mean, sd (ddof 1), t and bootstrap 95 % intervals of the finite values in ``x``."""
+    arr = np.asarray([v for v in x if v is not None and math.isfinite(v)], dtype=float)
+    n = int(arr.size)
+    t_lo, t_hi = t_interval(arr)
+    b_lo, b_hi = bootstrap_interval(arr, n_boot=n_boot, seed=seed)
+    return {
+        "n": n,
+        "mean": float(arr.mean()) if n else math.nan,
+        "sd": float(arr.std(ddof=1)) if n > 1 else math.nan,
+        "t_lo": t_lo,
+        "t_hi": t_hi,
+        "boot_lo": b_lo,
+        "boot_hi": b_hi,
+    }
+
+
+def arm_summary(
+    units: pl.DataFrame, metrics: Sequence[str] = METRICS, n_boot: int = 10_000, seed: int = 0
+) -> pl.DataFrame:
+    """Long table: arm, metric, source, n, mean, sd, t_lo, t_hi, boot_lo, boot_hi (metric scale, not points)."""
+    vals = metric_values(with_arm(units), metrics)
+    rows: list[dict[str, Any]] = []
+    for arm, group in sorted(vals.group_by("arm"), key=lambda kv: str(kv[0][0])):
+        for m in metrics:
+            col = group[f"value.{m}"]
+            if col.null_count() == col.len():
+                continue
+            sources = sorted(group[f"source.{m}"].drop_nulls().unique().to_list())
+            rows.append({"arm": arm[0], "metric": m, "source": " + ".join(sources),
+                         **describe(col.drop_nulls().to_list(), n_boot=n_boot, seed=seed)})
+    schema = {"arm": pl.String, "metric": pl.String, "source": pl.String, "n": pl.Int64, "mean": pl.Float64,
+              "sd": pl.Float64, "t_lo": pl.Float64, "t_hi": pl.Float64, "boot_lo": pl.Float64, "boot_hi": pl.Float64}
+    return pl.DataFrame(rows, schema=schema)
+
+
+# ----------------------------------------------------------------------------- paired tests
+
+
+def paired_test(a: np.ndarray, b: np.ndarray, scale: float = 1.0) -> dict[str, Any]:
+    """Paired comparison of ``a - b`` (times ``scale``): mean, t interval, t-test, Wilcoxon, d_z.
+
+    Cases where a test is undefined are not errors: the value is NaN and
+    ``note`` says why (n < 2, all differences equal, all differences zero,
+    Wilcoxon unable to reach p < 0.05 at this n).
+    """
+    from scipy import stats
+
+    d = (np.asarray(a, dtype=float) - np.asarray(b, dtype=float)) * scale
+    n = int(d.size)
+    notes: list[str] = []
+    out: dict[str, Any] = {"n": n, "mean_diff": float(d.mean()) if n else math.nan, "sd_diff": math.nan,
+                           "t_lo": math.nan, "t_hi": math.nan, "t_stat": math.nan, "t_p": math.nan,
+                           "w_stat": math.nan, "w_p": math.nan, "d_z": math.nan}
+    if n < 2:
+        out["note"] = f"n = {n} pair(s): no interval or test"
+        return out
+    sd = float(d.std(ddof=1))
+    out["sd_diff"] = sd
+    out["t_lo"], out["t_hi"] = t_interval(d)
+    if sd == 0.0:
+        notes.append("all differences equal: t-test and d_z undefined")
+    else:
+        res = stats.ttest_rel(np.asarray(a, float) * scale, np.asarray(b, float) * scale)
+        out["t_stat"], out["t_p"] = float(res.statistic), float(res.pvalue)
+        out["d_z"] = float(d.mean() / sd)
+    nonzero = int(np.count_nonzero(d))
+    if nonzero == 0:
+        notes.append("all differences zero: Wilcoxon undefined")
+    else:
+        w = stats.wilcoxon(d)
+        out["w_stat"], out["w_p"] = float(w.statistic), float(w.pvalue)
+        if nonzero < n:
+            notes.append(f"Wilcoxon dropped {n - nonzero} zero difference(s)")
+        min_p = 2.0 / 2**nonzero
+        if min_p > 0.05:
+            notes.append(f"with {nonzero} non-zero differences the smallest two-sided Wilcoxon p is {min_p:.4g}")
+    out["note"] = "; ".join(notes)
+    return out
+
+
+def paired_comparisons(
+    units: pl.DataFrame,
+    baseline: str,
+    per_patient: pl.DataFrame | None = None,
+    metrics: Sequence[str] = METRICS,
+) -> pl.DataFrame:
+    """Every other arm against ``baseline``, per metric, paired by seed and by (seed, patient)."""
+    vals = metric_values(with_arm(units), metrics).filter(pl.col("seed").is_not_null())
+    base = vals.filter(pl.col("arm") == baseline)
+    rows: list[dict[str, Any]] = []
+    for arm in sorted(a for a in vals["arm"].unique().to_list() if a != baseline):
+        other = vals.filter(pl.col("arm") == arm)
+        for m in metrics:
+            scale = 100.0 if m in POINT_METRICS else 1.0
+            unit = "points" if m in POINT_METRICS else "units"
+            pair = other.select("seed", pl.col(f"value.{m}").alias("a")).join(
+                base.select("seed", pl.col(f"value.{m}").alias("b")), on="seed", how="inner"
+            ).drop_nulls().sort("seed")
+            if pair.height:
+                rows.append({"arm": arm, "baseline": baseline, "metric": m, "level": "seed", "unit": unit,
+                             **paired_test(pair["a"].to_numpy(), pair["b"].to_numpy(), scale)})
+            if per_patient is None or per_patient.height == 0:
+                continue
+            pp = per_patient.filter(pl.col("metric") == m)
+            a_pp = pp.join(other.select("run_id"), on="run_id").select("seed", "patient_id", pl.col("value").alias("a"))
+            b_pp = pp.join(base.select("run_id"), on="run_id").select("seed", "patient_id", pl.col("value").alias("b"))
+            pair = a_pp.join(b_pp, on=["seed", "patient_id"], how="inner").drop_nulls().sort("seed", "patient_id")
+            if pair.height:
+                rows.append({"arm": arm, "baseline": baseline, "metric": m, "level": "seed x patient", "unit": unit,
+                             **paired_test(pair["a"].to_numpy(), pair["b"].to_numpy(), scale)})
+    schema = {"arm": pl.String, "baseline": pl.String, "metric": pl.String, "level": pl.String, "unit": pl.String,
+              "n": pl.Int64, "mean_diff": pl.Float64, "sd_diff": pl.Float64, "t_lo": pl.Float64, "t_hi": pl.Float64,
+              "t_stat": pl.Float64, "t_p": pl.Float64, "w_stat": pl.Float64, "w_p": pl.Float64, "d_z": pl.Float64,
+              "note": pl.String}
+    return pl.DataFrame(rows, schema=schema)

@@ -1,0 +1,262 @@
+"""``liverlab sweep``: from a search-space file to finished, tracked trials.
+
+Order of work: validate the space (no compute before that), connect to Ray,
+preflight the resources (a GPU request on a cluster without GPUs would pend
+forever), open or reuse the sweep's parent MLflow run, then ``Tuner.fit`` or
+``Tuner.restore`` with ``resume_errored``. The sweep folder holds Ray's
+experiment state, the pipeline caches and ``liverlab_sweep.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+from liverlab import __version__
+from liverlab.errors import LiverlabError
+from liverlab.sweep.display import LiveTable, summarize
+from liverlab.sweep.search import ArmSearcher
+from liverlab.sweep.space import LoadedSpace, load_space
+from liverlab.sweep.trainable import META, run_trial
+
+SWEEP_FILE = "liverlab_sweep.json"
+
+
+@dataclass
+class SweepOptions:
+    space: str
+    set: list[str] = field(default_factory=list)
+    num_samples: int | None = None
+    max_concurrent: int | None = None
+    dry_run: bool = False
+    resume: bool = False
+    address: str | None = None
+    storage: str | None = None
+    tracking_uri: str | None = None
+    name: str | None = None
+    report: bool = True
+    live: bool = True
+
+
+def _apply_cli(loaded: LoadedSpace, opts: SweepOptions) -> LoadedSpace:
+    budget = loaded.space.budget
+    upd: dict[str, Any] = {}
+    if opts.num_samples:
+        upd["samples_per_arm"] = opts.num_samples
+    if opts.max_concurrent:
+        upd["max_concurrent"] = opts.max_concurrent
+    space = loaded.space.model_copy(update={"budget": budget.model_copy(update=upd)})
+    if opts.name:
+        space = space.model_copy(update={"name": opts.name})
+    return LoadedSpace(loaded.path, space, loaded.base_raw, loaded.base_path)
+
+
+def connect(address: str | None, num_cpus: int | None = None) -> None:
+    """Join ``address`` (or $RAY_ADDRESS), else start a local Ray; reuse one already up."""
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:  # never a bare ray.init(): it may attach to a cluster started elsewhere
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+
+
+def preflight(loaded: LoadedSpace) -> dict[str, float]:
+    """Refuse trials the cluster can never place, instead of letting them pend forever."""
+    res = loaded.space.resources
+    total = ray.cluster_resources()
+    gpus, cpus = total.get("GPU", 0.0), total.get("CPU", 0.0)
+    if res.gpu > 0 and gpus < res.gpu:
+        raise LiverlabError(
+            f"{loaded.path}: resources.gpu: trials ask for {res.gpu} GPU but the Ray cluster has {gpus:g}; "
+            "set resources.gpu: 0 (or --set is not enough: edit the space) or connect to a cluster with GPUs (--address)"
+        )
+    per_node = max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=0.0)
+    if res.cpu > per_node:
+        raise LiverlabError(
+            f"{loaded.path}: resources.cpu: trials ask for {res.cpu:g} CPUs but the largest node has {per_node:g}"
+        )
+    return {"CPU": cpus, "GPU": gpus}
+
+
+def dry_run_text(loaded: LoadedSpace) -> str:
+    s = loaded.space
+    arms = loaded.arms()
+    cfg = loaded.config(arms[0], s.seeds[0])
+    lines = [
+        f"sweep {s.name}: {loaded.path}",
+        f"  base experiment: {loaded.base_path} (stage {cfg.stage})",
+        f"  arms ({len(arms)}):",
+    ]
+    from liverlab.sweep.space import arm_id
+
+    for arm in arms:
+        active = loaded.active_params(arm)
+        sampled = ", ".join(f"{k} ~ {_range(p)}" for k, p in active.items()) or "nothing sampled"
+        lines.append(f"    {arm_id(arm)}: {sampled}")
+    lines += [
+        f"  seeds: {s.seeds}",
+        f"  samples per arm and seed: {s.budget.samples_per_arm}",
+        "  objective: " + ", ".join(f"{o.metric} ({o.mode})" for o in s.objectives),
+        f"  scheduler: {s.scheduler.type}" + (f" (max_t {loaded.max_t(cfg)}, grace {s.scheduler.grace_period}, "
+                                               f"reduction {s.scheduler.reduction_factor:g})" if s.scheduler.type == "asha" else ""),
+        f"  resources per trial: {s.resources.cpu:g} CPU, {s.resources.gpu:g} GPU; max concurrent {s.budget.max_concurrent}",
+        f"  trials: {len(loaded.trials())}",
+    ]
+    return "\n".join(lines)
+
+
+def _range(p: Any) -> str:
+    if p.type == "categorical":
+        return f"{{{', '.join(map(str, p.choices))}}}"
+    return f"{p.type}[{p.low:g}, {p.high:g}]" + (" log" if p.log else "")
+
+
+def _storage_root(opts: SweepOptions) -> str:
+    storage = opts.storage or os.environ.get("LIVERLAB_STORAGE") or "sweeps"
+    return storage if "://" in storage else str(Path(storage).expanduser().resolve())
+
+
+def run_sweep(opts: SweepOptions) -> int:
+    """Run (or resume) a sweep; exit code 0, or 1 when every trial failed."""
+    from liverlab.tracking.writer import finish_sweep_run, git_tags, open_sweep_run, resolve_tracking_uri
+
+    loaded = _apply_cli(load_space(opts.space, opts.set), opts)
+    if opts.dry_run:
+        print(dry_run_text(loaded))
+        return 0
+    s = loaded.space
+    storage = _storage_root(opts)
+    if "://" in storage:
+        raise LiverlabError(f"--storage {storage}: URI storage is not supported yet; use a shared POSIX path")
+    sweep_dir = Path(storage) / s.name
+    can_restore = tune.Tuner.can_restore(str(sweep_dir))
+    if can_restore and not opts.resume:
+        raise LiverlabError(f"sweep {s.name!r} already exists at {sweep_dir}: add --resume to continue it, or --name NEW")
+    if opts.resume and not can_restore:
+        raise LiverlabError(f"--resume: no sweep state at {sweep_dir} to resume")
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+
+    # Tune warns when a trial checkpoints every few seconds (tiny models do); that is expected here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    connect(opts.address)
+    preflight(loaded)
+
+    uri = resolve_tracking_uri(opts.tracking_uri, sweep_dir)
+    sweep_key = hashlib.sha256(str(sweep_dir).encode()).hexdigest()[:16]
+    repo_tags = git_tags(Path(loaded.path).parent)
+    base_tags = {
+        "liverlab.sweep": s.name,
+        "liverlab.sweep_key": sweep_key,
+        "liverlab.space_file": str(loaded.path),
+        "liverlab.version": __version__,
+        **repo_tags,
+    }
+    experiment_id, parent_run_id = open_sweep_run(uri, s.name, base_tags)
+    info = {"name": s.name, "tracking_uri": uri, "experiment_id": experiment_id, "parent_run_id": parent_run_id,
+            "space_file": str(loaded.path), "baseline": s.baseline, "storage": str(sweep_dir)}
+    tmp = sweep_dir / (SWEEP_FILE + ".tmp")
+    tmp.write_text(json.dumps(info, indent=2))
+    os.replace(tmp, sweep_dir / SWEEP_FILE)
+
+    first = loaded.config(loaded.arms()[0], s.seeds[0])
+    from liverlab.train.data import dataset_dirs
+
+    dataset_dirs(first)  # phantoms are generated here once, not raced by the first trials
+    meta = {
+        "base": loaded.base_raw,
+        "overrides": loaded.overrides(),
+        "space_file": str(loaded.path),
+        "tracking_uri": uri,
+        "experiment_id": experiment_id,
+        "parent_run_id": parent_run_id,
+        "cache_root": str(sweep_dir / "cache"),
+        "cpus_per_trial": s.resources.cpu,
+        "tags": {k: v for k, v in base_tags.items() if k != "liverlab.sweep_key"} | {"liverlab.manifest_hash": _data_hash(first)},
+    }
+    trainable = tune.with_resources(run_trial, {"cpu": s.resources.cpu, "gpu": s.resources.gpu})
+    live = LiveTable(loaded, enabled=opts.live)
+    run_config = tune.RunConfig(
+        name=s.name,
+        storage_path=storage,
+        verbose=0,
+        callbacks=[live],
+        failure_config=tune.FailureConfig(max_failures=s.budget.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+    )
+    t0 = time.perf_counter()
+    if opts.resume:
+        tuner = tune.Tuner.restore(str(sweep_dir), trainable, resume_errored=True, param_space={META: meta})
+    else:
+        searcher = ArmSearcher(loaded)
+        single = len(s.objectives) == 1
+        objective = s.objectives[0]
+        if s.scheduler.type == "asha":
+            scheduler: Any = ASHAScheduler(
+                time_attr="training_iteration", max_t=loaded.max_t(first),
+                grace_period=s.scheduler.grace_period, reduction_factor=s.scheduler.reduction_factor,
+            )
+        else:
+            scheduler = FIFOScheduler()
+        tuner = tune.Tuner(
+            trainable,
+            param_space={META: meta},
+            tune_config=tune.TuneConfig(
+                search_alg=searcher,
+                scheduler=scheduler,
+                metric=objective.metric if single else None,
+                mode=objective.mode if single else None,
+                num_samples=searcher.total,
+                max_concurrent_trials=s.budget.max_concurrent,
+                time_budget_s=s.budget.time_limit_s,
+                reuse_actors=True,
+            ),
+            run_config=run_config,
+        )
+    try:
+        results = tuner.fit()
+    except KeyboardInterrupt:
+        finish_sweep_run(uri, parent_run_id, "KILLED")
+        raise
+    finally:
+        live.close()
+    elapsed = time.perf_counter() - t0
+    n_errors = results.num_errors
+    finish_sweep_run(uri, parent_run_id, "FAILED" if n_errors == len(results) else "FINISHED")
+    print(summarize(loaded, results, elapsed))
+    print(f"results: {sweep_dir}\nMLflow: mlflow ui --backend-store-uri {uri}   (experiment {s.name!r})")
+    if opts.report and n_errors < len(results):
+        _report(uri, parent_run_id, sweep_dir, s.baseline)
+    return 1 if len(results) and n_errors == len(results) else 0
+
+
+def _data_hash(config: Any) -> str:
+    """Manifest hash of the MRI data the U-Net is judged on (best effort before it exists)."""
+    try:
+        from liverlab.data.manifest import manifest_hash, read_manifest
+
+        return manifest_hash(read_manifest(config.data.mri_dir))
+    except Exception:  # phantoms not generated yet: the hash is set once they are
+        return "pending"
+
+
+def _report(uri: str, parent_run_id: str, sweep_dir: Path, baseline: str | None) -> None:
+    try:
+        from liverlab.report.markdown import make_report
+    except ImportError:
+        return
+    try:
+        out = make_report(uri, parent_run_id=parent_run_id, baseline=baseline, out=sweep_dir / "report")
+        print(f"report: {out}")
+    except LiverlabError as err:
+        print(f"report not written: {err}")

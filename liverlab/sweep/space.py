@@ -1,0 +1,228 @@
+"""Search-space files: typed, validated against the experiment config, enumerated.
+
+A search space names a base experiment, the **arms** (enumerated factors and
+their Cartesian product), the **seeds**, the ranges **Optuna** samples inside
+each arm (optionally only in some arms, via ``when``), the objective(s), the
+scheduler, the budget and the resources per trial. Arms x seeds are
+enumerated, never sampled. Every key must be a real config path; an error
+names the file and the key. This module does not import ray.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from liverlab.config import (
+    ExperimentConfig,
+    _format_error,
+    config_from_dict,
+    config_paths,
+    parse_override,
+    read_yaml,
+)
+from liverlab.errors import LiverlabError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ParamSpec(_Strict):
+    """One Optuna dimension over a config key."""
+
+    type: Literal["float", "int", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: list[Any] | None = None
+    when: dict[str, list[Any]] | None = Field(None, description="only in arms whose factor takes one of these values")
+
+    @model_validator(mode="after")
+    def _check(self) -> "ParamSpec":
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("categorical needs a non-empty 'choices'")
+        else:
+            if self.low is None or self.high is None:
+                raise ValueError(f"{self.type} needs 'low' and 'high'")
+            if self.low >= self.high:
+                raise ValueError(f"low ({self.low}) must be < high ({self.high})")
+            if self.log and self.low <= 0:
+                raise ValueError("log scale needs low > 0")
+        return self
+
+
+class Objective(_Strict):
+    metric: str = "val/iou"
+    mode: Literal["max", "min"] = "max"
+
+
+class SchedulerSpec(_Strict):
+    type: Literal["asha", "none"] = "asha"
+    max_t: int | None = Field(None, ge=1, description="default: the stage's epochs")
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: float = Field(2.0, gt=1.0)
+
+
+class Budget(_Strict):
+    samples_per_arm: int = Field(1, ge=1, description="Optuna samples per arm and seed")
+    max_concurrent: int = Field(2, ge=1)
+    time_limit_s: float | None = Field(None, gt=0)
+    max_failures: int = Field(1, ge=0, description="retries of a failed trial from its last checkpoint")
+
+
+class Resources(_Strict):
+    cpu: float = Field(1.0, gt=0)
+    gpu: float = Field(0.0, ge=0)
+
+
+class SearchSpace(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    base: str = Field(description="experiment YAML, relative to this file")
+    set: dict[str, Any] = Field(default_factory=dict, description="dotted overrides of the base")
+    stage: Literal["essnet", "unet", "pipeline"] | None = None
+    arms: dict[str, list[Any]] = Field(default_factory=dict)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    params: dict[str, ParamSpec] = Field(default_factory=dict)
+    objective: Objective | list[Objective] = Objective()
+    scheduler: SchedulerSpec = SchedulerSpec()
+    budget: Budget = Budget()
+    resources: Resources = Resources()
+    sampler_seed: int = 0
+    baseline: str | None = Field(None, description="arm the report compares against (default: synthesis=none)")
+
+    @property
+    def objectives(self) -> list[Objective]:
+        return self.objective if isinstance(self.objective, list) else [self.objective]
+
+
+class LoadedSpace:
+    """A validated search space with its resolved base experiment."""
+
+    def __init__(self, path: Path, space: SearchSpace, base_raw: dict[str, Any], base_path: Path) -> None:
+        self.path = path
+        self.space = space
+        self.base_raw = base_raw
+        self.base_path = base_path
+
+    @property
+    def name(self) -> str:
+        return self.space.name
+
+    def overrides(self) -> dict[str, Any]:
+        out = dict(self.space.set)
+        if self.space.stage:
+            out["stage"] = self.space.stage
+        return out
+
+    def arms(self) -> list[dict[str, Any]]:
+        """The Cartesian product of the arm factors, each as ``{key: value}``."""
+        keys = sorted(self.space.arms)
+        return [dict(zip(keys, values)) for values in itertools.product(*(self.space.arms[k] for k in keys))]
+
+    def trials(self) -> list[tuple[dict[str, Any], int, int]]:
+        """Every (arm, seed, sample index), in the order trials are launched."""
+        n = self.space.budget.samples_per_arm
+        return [(arm, seed, k) for k in range(n) for seed in self.space.seeds for arm in self.arms()]
+
+    def config(self, arm: dict[str, Any], seed: int, params: dict[str, Any] | None = None) -> ExperimentConfig:
+        overrides = {**self.overrides(), **arm, "seed": seed, **(params or {})}
+        return config_from_dict(self.base_raw, overrides, source=f"{self.path} (base {self.base_path})")
+
+    def active_params(self, arm: dict[str, Any]) -> dict[str, ParamSpec]:
+        return {k: p for k, p in self.space.params.items() if all(arm.get(f) in v for f, v in (p.when or {}).items())}
+
+    def max_t(self, config: ExperimentConfig) -> int:
+        if self.space.scheduler.max_t:
+            return self.space.scheduler.max_t
+        if config.stage == "essnet":
+            return config.essnet.epochs + config.essnet.decay_epochs
+        return config.unet.epochs
+
+
+def arm_id(arm: dict[str, Any]) -> str:
+    """Canonical arm name: ``synthesis=essnet,unet.mixing_ratio=0.5`` (factors sorted)."""
+    return ",".join(f"{k}={arm[k]}" for k in sorted(arm)) or "default"
+
+
+def _extreme_params(params: dict[str, ParamSpec], end: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, p in params.items():
+        if p.type == "categorical":
+            out[key] = p.choices[0] if end == "low" else p.choices[-1]  # type: ignore[index]
+        else:
+            v = p.low if end == "low" else p.high
+            out[key] = int(v) if p.type == "int" else v  # type: ignore[arg-type]
+    return out
+
+
+def load_space(path: str | Path, extra_set: list[str] | None = None) -> LoadedSpace:
+    """Read and validate a search-space YAML; every arm x sampled range must give a valid config."""
+    path = Path(path)
+    raw = read_yaml(path)
+    for item in extra_set or []:
+        key, value = parse_override(item)
+        raw.setdefault("set", {})[key] = value
+    try:
+        space = SearchSpace.model_validate(raw)
+    except ValidationError as err:
+        raise LiverlabError(_format_error(str(path), err)) from None
+
+    known = config_paths()
+    for section, keys in (("set", space.set), ("arms", space.arms), ("params", space.params)):
+        for key in keys:
+            if key not in known:
+                raise LiverlabError(f"{path}: {section}.{key}: unknown config key")
+            if key in ("seed", "stage") and section != "set":
+                raise LiverlabError(f"{path}: {section}.{key}: use 'seeds' and 'stage' instead")
+    for key, p in space.params.items():
+        for factor, values in (p.when or {}).items():
+            if factor not in space.arms:
+                raise LiverlabError(f"{path}: params.{key}.when.{factor}: not an arm factor ({', '.join(space.arms) or 'none'})")
+            bad = [v for v in values if v not in space.arms[factor]]
+            if bad:
+                raise LiverlabError(f"{path}: params.{key}.when.{factor}: {bad} not among the arm's values")
+        if key in space.arms:
+            raise LiverlabError(f"{path}: params.{key}: is also an arm factor")
+    if len(space.objectives) > 1 and space.scheduler.type == "asha":
+        raise LiverlabError(f"{path}: scheduler.type: asha needs a single objective (use 'none' for a Pareto search)")
+
+    base_path = (path.parent / space.base).resolve()
+    if not base_path.is_file():
+        raise LiverlabError(f"{path}: base: {space.base}: no such file (looked at {base_path})")
+    loaded = LoadedSpace(path.resolve(), space, read_yaml(base_path), base_path)
+    # Every arm at both ends of every range must validate *now*, not in trial 37.
+    for arm in loaded.arms():
+        for end in ("low", "high"):
+            cfg = loaded.config(arm, space.seeds[0], _extreme_params(loaded.active_params(arm), end))
+    if space.scheduler.type == "asha":
+        obj = space.objectives[0].metric
+        if not (obj.startswith("val/") or obj.startswith("train/")):
+            raise LiverlabError(f"{path}: objective.metric: {obj!r} is not reported per epoch (use val/... or train/...)")
+    del cfg
+    return loaded
+
+
+# ----------------------------------------------------------------------------- Optuna
+
+
+def define_by_run(trial: Any, params: dict[str, dict[str, Any]]) -> None:
+    """Optuna define-by-run space for one arm (module level, so it pickles).
+
+    ``params`` maps config keys to ``ParamSpec`` dumps that are active in the
+    arm; conditional parameters were filtered out before, so each arm's study
+    has a fixed, valid space.
+    """
+    for key, p in params.items():
+        if p["type"] == "float":
+            trial.suggest_float(key, p["low"], p["high"], log=p["log"], step=p["step"])
+        elif p["type"] == "int":
+            trial.suggest_int(key, int(p["low"]), int(p["high"]), log=p["log"], step=int(p["step"] or 1))
+        else:
+            trial.suggest_categorical(key, p["choices"])

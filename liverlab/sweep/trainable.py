@@ -1,0 +1,92 @@
+"""The Ray Tune function trainable around liverlab's plain training functions.
+
+The training functions never see Ray: this adapter binds their ``report``
+callback to ``ray.tune.report`` (with ``tune.Checkpoint``), restores the last
+checkpoint into the trial's work folder before a retry or a resume, picks the
+device from the GPUs Ray assigned (``CUDA_VISIBLE_DEVICES`` is not blanked for
+CPU trials), and opens the trial's MLflow child run, which a resumed or
+retried trial continues instead of duplicating.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+
+from liverlab import __version__
+from liverlab.config import config_from_dict
+
+META = "_liverlab"  # the sweep's constants inside Tune's param_space
+
+
+def trial_overrides(config: dict[str, Any], gpu: bool) -> dict[str, Any]:
+    meta = config[META]
+    overrides = {**meta["overrides"], **config["arm"], "seed": config["seed"], **config.get("params", {})}
+    # The device follows what Ray assigned, whatever the base config says.
+    overrides["device"] = "cuda" if gpu else "cpu"
+    return overrides
+
+
+def run_trial(config: dict[str, Any]) -> None:
+    """One trial: a stage (or the pipeline) for one arm, seed and Optuna sample."""
+    import torch
+
+    from liverlab.tracking.writer import open_trial_run
+
+    meta = config[META]
+    ctx = tune.get_context()
+    trial_id = ctx.get_trial_id()
+    gpu_ids = ray.get_gpu_ids()
+    torch.set_num_threads(max(1, int(meta["cpus_per_trial"])))
+    cfg = config_from_dict(meta["base"], trial_overrides(config, bool(gpu_ids)), source=meta["space_file"])
+
+    tags = {
+        **meta["tags"],
+        "liverlab.arm": config["arm_id"],
+        "liverlab.seed": str(config["seed"]),
+        "liverlab.stage": cfg.stage,
+        "liverlab.trial_id": trial_id,
+        "liverlab.node_id": ray.get_runtime_context().get_node_id(),
+        "liverlab.version": __version__,
+        "liverlab.device": cfg.device,
+    }
+    run_name = f"{config['arm_id']} seed={config['seed']} {trial_id}"
+    tracker = open_trial_run(meta["tracking_uri"], meta["experiment_id"], meta["parent_run_id"], trial_id, tags, run_name=run_name)
+
+    workdir = Path(ctx.get_trial_dir()) / "work"
+    stage_dir = workdir / "unet" if cfg.stage == "pipeline" else workdir
+    restored = tune.get_checkpoint()
+    if restored is not None:  # a retry or a resumed sweep continues from the last report
+        restored.to_directory(str(stage_dir / "checkpoint"))
+
+    def report(metrics: dict[str, Any], checkpoint: str | None = None) -> None:
+        ckpt = tune.Checkpoint.from_directory(checkpoint) if checkpoint else None
+        tune.report(dict(metrics), checkpoint=ckpt)
+
+    try:
+        if cfg.stage == "essnet":
+            from liverlab.train.essnet import train_essnet
+
+            train_essnet(cfg, report, tracker, workdir)
+        elif cfg.stage == "unet":
+            from liverlab.train.unet import train_unet
+
+            train_unet(cfg, report, tracker, workdir)
+        else:
+            from liverlab.train.pipeline import run_pipeline
+
+            run_pipeline(cfg, report, tracker, workdir, cache_root=meta["cache_root"])
+    except SystemExit as exc:  # Tune stops a trial (ASHA) by raising SystemExit(0) in report()
+        if exc.code in (0, None):
+            tracker.set_tags({"liverlab.stopped_early": "true"})
+            tracker.finish("FINISHED")
+        else:
+            tracker.finish("KILLED", error=f"SystemExit({exc.code})")
+        raise
+    except BaseException as exc:
+        tracker.finish("FAILED", error=f"{type(exc).__name__}: {exc}")
+        raise
+    tracker.finish("FINISHED")

@@ -1,0 +1,307 @@
+"""MLflow writer: one sweep = one experiment + a parent run, one trial = a child run.
+
+Why this module exists rather than MLflow's fluent API:
+
+* The fluent API keeps one *global* active run per process; Ray can run
+  several trials in one worker (``reuse_actors``), and the sweep driver holds
+  the parent while trials log. ``MlflowClient`` calls take the run id
+  explicitly, so any number of ``MlflowTracker`` objects coexist.
+* A restored sweep must continue the *same* runs (Ray's MLflow callback opens
+  a second run per resumed trial and leaves the first RUNNING). Parent and
+  child runs are therefore found again by tags (``liverlab.sweep_key``,
+  ``liverlab.trial_id``) before anything is created.
+* Training loops log every loss every step. ``log_metrics`` only appends to a
+  buffer; a background thread sends ``log_batch`` requests (one per ~1 s or
+  500 values), so the training step never waits on SQLite or HTTP.
+* Several Ray workers write to one SQLite file; SQLite serialises writers and
+  answers "database is locked" under contention. Every store call goes
+  through :func:`retry_locked` (exponential backoff with jitter).
+
+This package is the only place in liverlab that imports mlflow, and it does
+so lazily (inside functions) so that ``liverlab --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import subprocess
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+# The tracker objects live in tracker.py (size); they are part of this module's API.
+from liverlab.tracking.tracker import (
+    ERROR_TAG,
+    TERMINAL_STATUSES,
+    MlflowTracker,
+    NullTracker,
+    Tracker,
+    retry_locked,
+    set_run_tags,
+)
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from mlflow.tracking import MlflowClient
+
+__all__ = [
+    "ERROR_TAG",
+    "MlflowTracker",
+    "NullTracker",
+    "TERMINAL_STATUSES",
+    "Tracker",
+    "client_for",
+    "finish_sweep_run",
+    "get_or_create_experiment",
+    "git_tags",
+    "log_artifacts_to_run",
+    "open_run",
+    "open_sweep_run",
+    "open_trial_run",
+    "resolve_tracking_uri",
+    "retry_locked",
+    "set_run_tags",
+    "sqlite_path",
+]
+
+log = logging.getLogger(__name__)
+
+# ----------------------------------------------------------------------------- store helpers
+
+
+_CLIENTS: dict[str, MlflowClient] = {}
+_CLIENTS_LOCK = threading.Lock()
+
+
+def client_for(uri: str) -> MlflowClient:
+    """One ``MlflowClient`` per URI and process (store engines are costly to build)."""
+    with _CLIENTS_LOCK:
+        client = _CLIENTS.get(uri)
+        if client is None:
+            from mlflow.tracking import MlflowClient
+
+            _ensure_sqlite_dir(uri)
+            client = _CLIENTS[uri] = MlflowClient(tracking_uri=uri)
+        return client
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI, else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    rest = uri[len("sqlite:///") :].split("?", 1)[0]
+    return Path(rest) if rest.startswith("/") else Path(rest).resolve()
+
+
+def _ensure_sqlite_dir(uri: str) -> None:
+    path = sqlite_path(uri)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+
+def resolve_tracking_uri(uri: str | None, default_dir: str | Path) -> str:
+    """Explicit URI > ``$MLFLOW_TRACKING_URI`` > ``sqlite:///<abs default_dir>/mlflow.db``.
+
+    Relative SQLite paths are made absolute here, once, because a Ray trial
+    runs in Ray's own working directory and would otherwise open another file.
+    """
+    chosen = uri or os.environ.get("MLFLOW_TRACKING_URI") or ""
+    if not chosen:
+        return f"sqlite:///{(Path(default_dir).expanduser().resolve() / 'mlflow.db').as_posix()}"
+    path = sqlite_path(chosen)
+    if path is not None and not chosen.startswith("sqlite:////"):
+        query = "?" + chosen.split("?", 1)[1] if "?" in chosen else ""
+        return f"sqlite:///{path.as_posix()}{query}"
+    return chosen
+
+
+def git_tags(repo_dir: str | Path | None = None) -> dict[str, str]:
+    """``liverlab.git_commit`` and ``liverlab.git_dirty`` ("true"/"false"), "unknown" off git.
+
+    ``repo_dir`` defaults to the folder holding the liverlab package: the code
+    that runs, not Ray's working directory. Dirty means tracked files differ
+    from HEAD (untracked files are ignored: caches and outputs live in-tree).
+    """
+    where = Path(repo_dir) if repo_dir is not None else Path(__file__).resolve().parents[2]
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(
+                ["git", *args], cwd=where, capture_output=True, text=True, timeout=15, check=False
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return {"liverlab.git_commit": "unknown", "liverlab.git_dirty": "unknown"}
+    status = git("status", "--porcelain", "--untracked-files=no")
+    dirty = "unknown" if status is None else ("true" if status.strip() else "false")
+    return {"liverlab.git_commit": commit.strip(), "liverlab.git_dirty": dirty}
+
+
+# ----------------------------------------------------------------------------- sweep / trial runs
+
+
+def _filter_value(value: str) -> str:
+    """Quote a value for an MLflow filter string (it has no escape for quotes)."""
+    if "'" in value:
+        raise ValueError(f"value {value!r} contains a single quote; cannot be used in an MLflow filter")
+    return f"'{value}'"
+
+
+def _search_all(client: MlflowClient, experiment_id: str, filter_string: str) -> list[Any]:
+    """Every active run of ``experiment_id`` matching ``filter_string`` (all pages)."""
+    from mlflow.entities import ViewType
+
+    runs: list[Any] = []
+    token: str | None = None
+    while True:
+        page = retry_locked(
+            client.search_runs,
+            [experiment_id],
+            filter_string=filter_string,
+            run_view_type=ViewType.ACTIVE_ONLY,
+            max_results=50000,
+            order_by=["attributes.start_time ASC"],
+            page_token=token,
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _artifact_location(uri: str, name: str) -> str | None:
+    """Next to the SQLite file; MLflow's default (./mlruns) depends on the process's cwd."""
+    path = sqlite_path(uri)
+    if path is None:
+        return None  # a tracking server decides where artifacts go
+    safe = re.sub(r"[^\w.\-]+", "_", name).strip("._") or "experiment"
+    return (path.parent / "mlartifacts" / safe).as_uri()
+
+
+def get_or_create_experiment(uri: str, name: str) -> str:
+    """Experiment id for ``name``, created (or restored, if deleted) when needed."""
+    from mlflow.exceptions import MlflowException
+
+    client = client_for(uri)
+    exp = retry_locked(client.get_experiment_by_name, name)
+    if exp is None:
+        try:
+            return retry_locked(client.create_experiment, name, artifact_location=_artifact_location(uri, name))
+        except MlflowException as exc:  # another process created it first
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise exc from None
+    if exp.lifecycle_stage == "deleted":
+        log.warning("experiment %r was deleted; restoring it", name)
+        retry_locked(client.restore_experiment, exp.experiment_id)
+    return exp.experiment_id
+
+
+def open_sweep_run(uri: str, sweep_name: str, tags: Mapping[str, str]) -> tuple[str, str]:
+    """(experiment_id, parent_run_id) for a sweep; the parent is reused on resume.
+
+    The parent is looked up by ``tags["liverlab.sweep_key"]`` among top-level
+    runs of the experiment named ``sweep_name``; found, it is set back to
+    RUNNING and its tags refreshed, so ``--resume`` never duplicates it.
+    """
+    key = tags.get("liverlab.sweep_key")
+    if not key:
+        raise ValueError("open_sweep_run needs tags['liverlab.sweep_key']")
+    client = client_for(uri)
+    exp_id = get_or_create_experiment(uri, sweep_name)
+    found = [
+        r
+        for r in _search_all(client, exp_id, f"tags.`liverlab.sweep_key` = {_filter_value(key)}")
+        if "mlflow.parentRunId" not in r.data.tags
+    ]
+    all_tags = {"liverlab.sweep": sweep_name, **tags}
+    if found:
+        if len(found) > 1:
+            log.warning("%d parent runs share sweep key %s; continuing the oldest", len(found), key)
+        run_id = found[0].info.run_id
+        retry_locked(client.update_run, run_id, status="RUNNING")
+        set_run_tags(client, run_id, all_tags)
+        return exp_id, run_id
+    run = retry_locked(client.create_run, exp_id, tags=dict(all_tags), run_name=sweep_name)
+    return exp_id, run.info.run_id
+
+
+def open_trial_run(
+    uri: str,
+    experiment_id: str,
+    parent_run_id: str,
+    trial_id: str,
+    tags: Mapping[str, str],
+    run_name: str | None = None,
+) -> MlflowTracker:
+    """A tracker on the child run of ``parent_run_id`` for ``trial_id``; the same run on resume.
+
+    A resumed trial (after Ctrl-C or ``kill -9``) finds its run by the tags
+    ``mlflow.parentRunId`` + ``liverlab.trial_id`` and continues it (status
+    back to RUNNING, params already logged are remembered so they are not
+    logged twice).
+    """
+    client = client_for(uri)
+    flt = (
+        f"tags.`mlflow.parentRunId` = {_filter_value(parent_run_id)} "
+        f"and tags.`liverlab.trial_id` = {_filter_value(trial_id)}"
+    )
+    found = _search_all(client, experiment_id, flt)
+    all_tags = {**tags, "liverlab.trial_id": trial_id, "mlflow.parentRunId": parent_run_id}
+    commit = all_tags.get("liverlab.git_commit")
+    if commit and commit != "unknown":
+        all_tags.setdefault("mlflow.source.git.commit", commit)  # shown by the MLflow UI
+    if found:
+        if len(found) > 1:
+            log.warning("%d runs for trial %s; continuing the oldest", len(found), trial_id)
+        run = found[0]
+        retry_locked(client.update_run, run.info.run_id, status="RUNNING")
+        set_run_tags(client, run.info.run_id, {k: v for k, v in all_tags.items() if k != "mlflow.parentRunId"})
+        return MlflowTracker(client, run.info.run_id, existing_params=run.data.params)
+    run = retry_locked(
+        client.create_run, experiment_id, tags={k: str(v) for k, v in all_tags.items()}, run_name=run_name
+    )
+    return MlflowTracker(client, run.info.run_id)
+
+
+def open_run(
+    uri: str, experiment: str, run_name: str | None = None, tags: Mapping[str, str] | None = None
+) -> MlflowTracker:
+    """A new top-level run in ``experiment`` (created if absent): ``liverlab train`` outside a sweep.
+
+    Not idempotent (a single training has no resume key); sweeps use
+    :func:`open_sweep_run` / :func:`open_trial_run`.
+    """
+    client = client_for(uri)
+    exp_id = get_or_create_experiment(uri, experiment)
+    all_tags = {k: str(v) for k, v in (tags or {}).items()}
+    commit = all_tags.get("liverlab.git_commit")
+    if commit and commit != "unknown":
+        all_tags.setdefault("mlflow.source.git.commit", commit)
+    run = retry_locked(client.create_run, exp_id, tags=all_tags, run_name=run_name)
+    return MlflowTracker(client, run.info.run_id)
+
+
+def finish_sweep_run(
+    uri: str, parent_run_id: str, status: str = "FINISHED", child_status: str = "KILLED"
+) -> None:
+    """End the parent run; any child still RUNNING is ended as ``child_status`` first."""
+    if status not in TERMINAL_STATUSES or child_status not in TERMINAL_STATUSES:
+        raise ValueError(f"statuses must be in {TERMINAL_STATUSES}")
+    client = client_for(uri)
+    parent = retry_locked(client.get_run, parent_run_id)
+    flt = f"tags.`mlflow.parentRunId` = {_filter_value(parent_run_id)} and attributes.status = 'RUNNING'"
+    for child in _search_all(client, parent.info.experiment_id, flt):
+        retry_locked(client.set_terminated, child.info.run_id, child_status)
+    retry_locked(client.set_terminated, parent_run_id, status)
+
+
+def log_artifacts_to_run(uri: str, run_id: str, local_dir: str | Path, artifact_path: str | None = None) -> None:
+    """Copy a local folder into any run's artifacts (the report goes to the sweep's parent)."""
+    retry_locked(client_for(uri).log_artifacts, run_id, str(local_dir), artifact_path)

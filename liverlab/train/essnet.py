@@ -1,0 +1,313 @@
+"""Stage 1: EssNet (CycleGAN + a segmenter S on the synthetic MRI), CT -> MRI.
+
+The step order is DESIGN.md's: generators and S are updated together with
+both discriminators frozen, then each discriminator is updated on a pool of
+past fakes. ``lambda_seg = 0`` is the plain CycleGAN arm: S is not built and
+never runs. Read ``essnet_train_step`` top to bottom for the losses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from liverlab.config import EssNetConfig, ExperimentConfig, dump_config
+from liverlab.losses import cycle_loss, dice_ce_loss, identity_loss, lsgan_loss
+from liverlab.models import build_model
+from liverlab.train import common
+from liverlab.train.common import Report
+
+
+class ImagePool:
+    """Shrivastava et al.'s history of fakes: D sees old fakes too, which steadies GANs."""
+
+    def __init__(self, size: int, seed: int = 0) -> None:
+        self.size = size
+        self.images: list[torch.Tensor] = []
+        self.rng = random.Random(seed)
+
+    def query(self, images: torch.Tensor) -> torch.Tensor:
+        if self.size == 0:
+            return images
+        out = []
+        for img in images.detach():
+            img = img.unsqueeze(0)
+            if len(self.images) < self.size:
+                self.images.append(img)
+                out.append(img)
+            elif self.rng.random() < 0.5:  # swap in: return an old fake, keep the new one
+                i = self.rng.randrange(self.size)
+                out.append(self.images[i].clone())
+                self.images[i] = img
+            else:
+                out.append(img)
+        return torch.cat(out, 0)
+
+
+class EssNet(nn.Module):
+    """The five networks of EssNet; ``seg`` is None for the CycleGAN arm."""
+
+    def __init__(self, cfg: EssNetConfig) -> None:
+        super().__init__()
+        g, d, s = cfg.generator, cfg.discriminator, cfg.segmenter
+        gen = dict(in_channels=1, out_channels=1, ngf=g.ngf, n_blocks=g.n_blocks, n_downsampling=g.n_downsampling)
+        self.g_mri = build_model("resnet_generator", **gen)  # CT -> MRI
+        self.g_ct = build_model("resnet_generator", **gen)  # MRI -> CT
+        self.d_mri = build_model("patchgan", in_channels=1, ndf=d.ndf, n_layers=d.n_layers)
+        self.d_ct = build_model("patchgan", in_channels=1, ndf=d.ndf, n_layers=d.n_layers)
+        self.seg: nn.Module | None = None
+        if cfg.lambda_seg > 0:
+            if s.name == "resnet":
+                self.seg = build_model("resnet_segmenter", in_channels=1, out_channels=2, ngf=s.ngf, n_blocks=s.n_blocks)
+            else:
+                self.seg = build_model(
+                    "unet", spatial_dims=2, in_channels=1, out_channels=2, depth=s.depth, base_features=s.base_features
+                )
+
+    def generator_parameters(self) -> list[nn.Parameter]:
+        params = list(self.g_mri.parameters()) + list(self.g_ct.parameters())
+        return params + (list(self.seg.parameters()) if self.seg is not None else [])
+
+
+def build_optimizers(net: EssNet, cfg: EssNetConfig) -> dict[str, torch.optim.Optimizer]:
+    o = cfg.optim
+    kw = dict(lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay)
+    return {
+        "g": torch.optim.Adam(net.generator_parameters(), **kw),  # G_mri, G_ct and S share one
+        "d_mri": torch.optim.Adam(net.d_mri.parameters(), **kw),
+        "d_ct": torch.optim.Adam(net.d_ct.parameters(), **kw),
+    }
+
+
+def _requires_grad(modules: list[nn.Module], flag: bool) -> None:
+    for m in modules:
+        for p in m.parameters():
+            p.requires_grad_(flag)
+
+
+def generator_step(
+    net: EssNet,
+    opt_g: torch.optim.Optimizer,
+    cfg: EssNetConfig,
+    ct: torch.Tensor,
+    ct_mask: torch.Tensor,
+    mri: torch.Tensor,
+    amp: Any = None,
+) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
+    """G_mri, G_ct and S together, both discriminators frozen (no gradient reaches them).
+
+    Returns the loss terms and the fakes (for the discriminators' pools).
+    A term whose weight is 0 is not computed at all.
+    """
+    amp = amp or contextlib.nullcontext()
+    zero = ct.new_zeros(())
+    _requires_grad([net.d_mri, net.d_ct], False)
+    with amp:
+        fake_mri = net.g_mri(ct)
+        fake_ct = net.g_ct(mri)
+        loss_adv = zero
+        if cfg.lambda_adv > 0:
+            loss_adv = lsgan_loss(net.d_mri(fake_mri), True) + lsgan_loss(net.d_ct(fake_ct), True)
+        loss_cycle = zero
+        if cfg.lambda_cycle > 0:
+            loss_cycle = cycle_loss(net.g_ct(fake_mri), ct) + cycle_loss(net.g_mri(fake_ct), mri)
+        loss_idt = zero
+        if cfg.lambda_idt > 0 and cfg.lambda_cycle > 0:
+            loss_idt = identity_loss(net.g_mri(mri), mri) + identity_loss(net.g_ct(ct), ct)
+        loss_seg = zero
+        if net.seg is not None:  # lambda_seg > 0; the CycleGAN arm never runs S
+            loss_seg = dice_ce_loss(net.seg(fake_mri).float(), ct_mask)
+        loss_g = (
+            cfg.lambda_adv * loss_adv
+            + cfg.lambda_cycle * loss_cycle
+            + cfg.lambda_idt * cfg.lambda_cycle * loss_idt
+            + cfg.lambda_seg * loss_seg
+        )
+    opt_g.zero_grad(set_to_none=True)
+    loss_g.float().backward()
+    opt_g.step()
+    _requires_grad([net.d_mri, net.d_ct], True)
+    losses = {
+        "train/loss_g": float(loss_g.detach()),
+        "train/loss_adv": float(loss_adv.detach()),
+        "train/loss_cycle": float(loss_cycle.detach()),
+        "train/loss_idt": float(loss_idt.detach()),
+        "train/loss_seg": float(loss_seg.detach()),
+    }
+    return losses, fake_mri.detach(), fake_ct.detach()
+
+
+def discriminator_step(
+    net: EssNet,
+    opt: dict[str, torch.optim.Optimizer],
+    pools: dict[str, ImagePool],
+    ct: torch.Tensor,
+    mri: torch.Tensor,
+    fake_mri: torch.Tensor,
+    fake_ct: torch.Tensor,
+    amp: Any = None,
+) -> dict[str, float]:
+    """Each D on real images and on a pool of past fakes: 0.5 * (real + fake) LSGAN."""
+    amp = amp or contextlib.nullcontext()
+    with amp:
+        pool_mri = pools["mri"].query(fake_mri)
+        loss_d_mri = 0.5 * (lsgan_loss(net.d_mri(mri), True) + lsgan_loss(net.d_mri(pool_mri), False))
+        pool_ct = pools["ct"].query(fake_ct)
+        loss_d_ct = 0.5 * (lsgan_loss(net.d_ct(ct), True) + lsgan_loss(net.d_ct(pool_ct), False))
+    for name, loss in (("d_mri", loss_d_mri), ("d_ct", loss_d_ct)):
+        opt[name].zero_grad(set_to_none=True)
+        loss.float().backward()
+        opt[name].step()
+    return {"train/loss_d_mri": float(loss_d_mri.detach()), "train/loss_d_ct": float(loss_d_ct.detach())}
+
+
+def essnet_train_step(
+    net: EssNet,
+    opt: dict[str, torch.optim.Optimizer],
+    pools: dict[str, ImagePool],
+    cfg: EssNetConfig,
+    ct: torch.Tensor,
+    ct_mask: torch.Tensor,
+    mri: torch.Tensor,
+    amp: Any = None,
+) -> dict[str, float]:
+    """One EssNet step in DESIGN.md's order; returns every loss term by name."""
+    losses, fake_mri, fake_ct = generator_step(net, opt["g"], cfg, ct, ct_mask, mri, amp)
+    losses.update(discriminator_step(net, opt, pools, ct, mri, fake_mri, fake_ct, amp))
+    return losses
+
+
+def _state(net: EssNet, opt: dict[str, torch.optim.Optimizer], scheds: list[Any], epoch: int, cfg: ExperimentConfig) -> dict[str, Any]:
+    return {
+        "kind": "essnet",
+        "epoch": epoch,
+        "model": net.state_dict(),
+        "optim": {k: o.state_dict() for k, o in opt.items()},
+        "sched": [s.state_dict() for s in scheds],
+        "config": cfg.model_dump(mode="json"),
+        "rng": common.rng_state(),
+    }
+
+
+def train_essnet(
+    config: ExperimentConfig,
+    report: Report = common.no_report,
+    tracker: Any = None,
+    workdir: str | Path = ".",
+    progress: bool = False,
+) -> dict[str, float]:
+    """Train EssNet (or CycleGAN when ``lambda_seg = 0``); return the last epoch's metrics.
+
+    Resumes from ``workdir/checkpoint`` when a previous attempt left one.
+    """
+    from liverlab.tracking.writer import NullTracker
+    from liverlab.train.essnet_data import EssNetData
+    from liverlab.train.visual import essnet_panel
+    from liverlab.train.progress import EpochProgress
+
+    tracker = tracker or NullTracker()
+    cfg = config.effective_essnet()
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    common.seed_everything(config.seed)
+    device = common.select_device(config.device)
+    data = EssNetData(config)
+
+    net = EssNet(cfg).to(device)
+    if config.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    opt = build_optimizers(net, cfg)
+    total_epochs = cfg.epochs + cfg.decay_epochs
+    scheds = [torch.optim.lr_scheduler.LambdaLR(o, common.linear_decay(cfg.epochs, cfg.decay_epochs)) for o in opt.values()]
+    pools = {"mri": ImagePool(cfg.pool_size, config.seed), "ct": ImagePool(cfg.pool_size, config.seed + 1)}
+
+    start_epoch = 0
+    resume = common.find_resume(workdir)
+    if resume is not None and resume.get("kind") == "essnet":
+        net.load_state_dict(resume["model"])
+        for k, o in opt.items():
+            o.load_state_dict(resume["optim"][k])
+        start_epoch = int(resume["epoch"])
+        common.set_rng_state(resume["rng"])
+        for s, sd in zip(scheds, resume["sched"]):
+            s.load_state_dict(sd)
+    else:
+        tracker.log_params(config.model_dump(mode="json"))
+        tracker.log_text(dump_config(config), "config.yaml")
+
+    steps = cfg.steps_per_epoch or max(1, len(data.ct_train) // cfg.batch_size)
+    metrics: dict[str, float] = {}
+    bar = EpochProgress("essnet", total_epochs, steps, enabled=progress)
+    for epoch in range(start_epoch, total_epochs):
+        net.train()
+        sums: dict[str, float] = {}
+        t0 = time.perf_counter()
+        for i, batch in enumerate(data.train_batches(epoch, steps, cfg.batch_size)):
+            ct, ct_mask, mri = (batch[k].to(device, non_blocking=True) for k in ("ct", "ct_mask", "mri"))
+            losses = essnet_train_step(net, opt, pools, cfg, ct, ct_mask, mri, common.autocast(device, config.precision))
+            common.check_finite(losses, f"essnet epoch {epoch + 1} step {i + 1}")
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + v
+            bar.step(epoch, i + 1, losses.get("train/loss_g", 0.0))
+        for s in scheds:
+            s.step()
+        train_time = time.perf_counter() - t0
+        metrics = {k: v / steps for k, v in sums.items()}
+        metrics.update(validate_essnet(net, data, device, config.precision))
+        metrics["train/images_per_s"] = steps * cfg.batch_size / max(train_time, 1e-9)
+        metrics["epoch"] = epoch + 1
+        tracker.log_metrics(metrics, step=epoch + 1)
+        if data.panel_batch is not None:
+            png = essnet_panel(net, data.panel_batch, device, workdir / "panels" / f"essnet_epoch_{epoch + 1:03d}.png")
+            tracker.log_artifact(png, "panels")
+        ckpt = common.save_checkpoint(workdir, _state(net, opt, scheds, epoch + 1, config))
+        report(dict(metrics), checkpoint=ckpt)
+        bar.epoch_done(epoch, metrics)
+    bar.close()
+    tracker.flush()
+    return metrics
+
+
+@torch.no_grad()
+def validate_essnet(net: EssNet, data: Any, device: torch.device, precision: str = "fp32") -> dict[str, float]:
+    """Synthesis fidelity against the true MRI (phantoms) and shape preservation.
+
+    ``val/ssim``, ``val/psnr``, ``val/mae`` exist only when the CT and MRI
+    validation slices are of the same patients (phantoms). ``val/shape_dice``
+    is the Dice of S on G_mri(ct) against the carried CT mask, on slices with
+    liver; the CycleGAN arm has no S and reports it only when a reference
+    segmenter is given.
+    """
+    from liverlab.metrics import dice, mae, psnr, ssim
+
+    net.eval()
+    out: dict[str, float] = {}
+    fakes, masks, preds = [], [], []
+    for ct, mask in data.val_batches():
+        with common.autocast(device, precision):
+            fake = net.g_mri(ct.to(device)).float().clamp(-1, 1)
+            if net.seg is not None:
+                preds.append(net.seg(fake).argmax(1).cpu().numpy())
+        fakes.append(fake[:, 0].cpu().numpy())
+        masks.append(mask.numpy())
+    fake_np = np.concatenate(fakes)
+    mask_np = np.concatenate(masks)
+    if data.val_true_mri is not None:
+        true = data.val_true_mri
+        out["val/ssim"] = float(ssim(fake_np, true, data_range=2.0))
+        out["val/psnr"] = float(psnr(fake_np, true, data_range=2.0))
+        out["val/mae"] = float(mae(fake_np, true))
+    if preds:
+        pred = np.concatenate(preds)
+        has_liver = mask_np.reshape(len(mask_np), -1).any(1)
+        if has_liver.any():
+            out["val/shape_dice"] = float(dice(pred[has_liver] > 0, mask_np[has_liver] > 0))
+    net.train()
+    return out

@@ -1,0 +1,169 @@
+"""CT -> synthetic MRI with a trained G_mri, written as an nnU-Net dataset.
+
+Every CT case becomes a synthetic MRI volume on the CT's own grid (the
+generator's output is resized back to the CT's in-plane size) with the CT's
+canonical affine and **its liver label carried over**. The folder holds
+``imagesTr``, ``labelsTr``, ``dataset.json``, a manifest and
+``provenance.json`` (checkpoint sha256, resolved config, source manifest hash).
+The output is keyed by content: asking again for the same checkpoint, data and
+settings reuses it; a folder made from anything else is never overwritten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from liverlab import __version__
+from liverlab.config import ExperimentConfig, config_from_dict, dump_config
+from liverlab.errors import LiverlabError
+from liverlab.models import build_model
+from liverlab.train import common
+from liverlab.train import data as tdata
+
+PROVENANCE = "provenance.json"
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_generator(checkpoint: str | Path, device: torch.device) -> tuple[torch.nn.Module, ExperimentConfig]:
+    """G_mri and the config it was trained with, from an EssNet checkpoint."""
+    path = Path(checkpoint)
+    state = common.load_checkpoint(path, map_location="cpu")
+    if state.get("kind") != "essnet":
+        raise LiverlabError(f"{checkpoint}: not an EssNet checkpoint (kind={state.get('kind')!r})")
+    config = config_from_dict(state["config"], source=f"{checkpoint} (embedded config)")
+    g = config.essnet.generator
+    net = build_model("resnet_generator", in_channels=1, out_channels=1, ngf=g.ngf, n_blocks=g.n_blocks, n_downsampling=g.n_downsampling)
+    prefix = "g_mri."
+    net.load_state_dict({k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)})
+    return net.to(device).eval(), config
+
+
+def synthesis_key(checkpoint: str | Path, ct_dir: str | Path, config: ExperimentConfig, cases: list[str] | None) -> str:
+    """Content hash of what determines the output: weights, source data, preprocessing, cases."""
+    from liverlab.data.manifest import manifest_hash, read_manifest
+
+    d = config.data
+    payload = {
+        "checkpoint": file_sha256(_state_file(checkpoint)),
+        "source": manifest_hash(read_manifest(Path(ct_dir))),
+        "size": d.size,
+        "ct_window": list(d.ct_window),
+        "cases": sorted(cases) if cases else None,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def synthesize(
+    checkpoint: str | Path,
+    ct_dir: str | Path,
+    out: str | Path,
+    cases: list[str] | None = None,
+    device: str = "auto",
+    batch_size: int = 16,
+    progress: bool = False,
+) -> Path:
+    """Write the synthetic MRI dataset to ``out`` (reused when its key matches)."""
+    from liverlab.data.manifest import build_manifest, manifest_hash, read_manifest
+    from liverlab.data.nifti import load_volume, save_volume
+
+    ct_dir, out = Path(ct_dir), Path(out)
+    tdata.require_dataset(ct_dir, "--data")
+    dev = common.select_device(device)
+    net, config = load_generator(checkpoint, dev)
+    key = synthesis_key(checkpoint, ct_dir, config, cases)
+    prov_path = out / PROVENANCE
+    if prov_path.is_file():
+        if json.loads(prov_path.read_text()).get("key") == key:
+            return out
+        raise LiverlabError(f"{out}: holds a synthetic dataset from another checkpoint or data; choose another --out")
+    if out.exists() and any(out.iterdir()):
+        raise LiverlabError(f"{out}: exists and is not a liverlab synthetic dataset; choose another --out")
+
+    slices = tdata.load(config, ct_dir, "ct", None, all_slices=True, cases=cases)
+    manifest = read_manifest(ct_dir)
+    rows = {r["case_id"]: r for r in manifest.iter_rows(named=True)}
+    case_ids = list(dict.fromkeys(slices.case_ids))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
+    try:
+        (tmp / "imagesTr").mkdir()
+        (tmp / "labelsTr").mkdir()
+        iterator: Any = case_ids
+        if progress:
+            from rich.progress import track
+
+            iterator = track(case_ids, description="synthesize")
+        all_case_ids = np.asarray(list(slices.case_ids))
+        z_all = np.asarray(slices.slice_index)
+        for case in iterator:
+            row = rows[case]
+            vol = load_volume(ct_dir / row["image_path"], ct_dir / row["label_path"])
+            idx = np.flatnonzero(all_case_ids == case)
+            idx = idx[np.argsort(z_all[idx])]
+            fake = _generate(net, np.asarray(slices.images[idx]), dev, config.precision, batch_size)
+            # Back onto the CT's own grid, so the CT affine and label apply unchanged.
+            x, y = vol.image.shape[:2]
+            full = torch.nn.functional.interpolate(torch.from_numpy(fake)[:, None], size=(x, y), mode="bilinear", align_corners=False)
+            image = np.zeros(vol.image.shape, dtype=np.float32)
+            image[:, :, z_all[idx]] = np.moveaxis(full[:, 0].numpy(), 0, -1)
+            save_volume(tmp / "imagesTr" / f"{case}_0000.nii.gz", image, vol.affine)
+            save_volume(tmp / "labelsTr" / f"{case}.nii.gz", vol.label.astype(np.uint8), vol.affine)
+        dataset = {
+            "name": f"synthetic MRI from {ct_dir.name}",
+            "channel_names": {"0": "MRI"},
+            "labels": {"background": 0, "liver": 1},
+            "numTraining": len(case_ids),
+            "file_ending": ".nii.gz",
+            "synthetic": True,
+        }
+        (tmp / "dataset.json").write_text(json.dumps(dataset, indent=2))
+        build_manifest(tmp)
+        provenance = {
+            "key": key,
+            "checkpoint": str(checkpoint),
+            "checkpoint_sha256": file_sha256(_state_file(checkpoint)),
+            "source": str(ct_dir),
+            "source_manifest_hash": manifest_hash(manifest),
+            "cases": case_ids,
+            "config": dump_config(config),
+            "liverlab_version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        (tmp / PROVENANCE).write_text(json.dumps(provenance, indent=2))
+        if out.exists():
+            out.rmdir()  # empty (checked above)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _state_file(checkpoint: str | Path) -> Path:
+    p = Path(checkpoint)
+    return p / common.STATE_FILE if p.is_dir() else p
+
+
+@torch.no_grad()
+def _generate(net: torch.nn.Module, images: np.ndarray, device: torch.device, precision: str, batch_size: int) -> np.ndarray:
+    out = np.empty(images.shape, dtype=np.float32)
+    for i in range(0, len(images), batch_size):
+        x = torch.from_numpy(np.array(images[i : i + batch_size], dtype=np.float32))[:, None].to(device)
+        with common.autocast(device, precision):
+            out[i : i + batch_size] = net(x).float().clamp(-1, 1)[:, 0].cpu().numpy()
+    return out

@@ -1,0 +1,81 @@
+"""Picture panels a person can look at (logged as tracker artifacts)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def _save_atomic(fig: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
+    os.close(fd)
+    fig.savefig(tmp, dpi=100)
+    os.replace(tmp, path)
+    return path
+
+
+@torch.no_grad()
+def essnet_panel(net: Any, batch: dict[str, torch.Tensor], device: torch.device, path: Path) -> Path:
+    """Rows of CT | synthetic MRI | reconstructed CT | (true MRI) | mask outline."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    was_training = net.training
+    net.eval()
+    ct = batch["ct"].to(device)
+    fake = net.g_mri(ct).float().clamp(-1, 1)
+    rec = net.g_ct(fake).float().clamp(-1, 1)
+    net.train(was_training)
+    cols = [("CT", ct), ("synthetic MRI", fake), ("reconstructed CT", rec)]
+    if "mri" in batch:
+        cols.append(("true MRI", batch["mri"]))
+    cols.append(("CT mask on synthetic MRI", fake))
+    n = ct.shape[0]
+    fig, axes = plt.subplots(n, len(cols), figsize=(2.2 * len(cols), 2.2 * n), squeeze=False)
+    for r in range(n):
+        for c, (title, img) in enumerate(cols):
+            ax = axes[r][c]
+            ax.imshow(img[r, 0].cpu().numpy(), cmap="gray", vmin=-1, vmax=1)
+            if c == len(cols) - 1:
+                mask = batch["mask"][r].cpu().numpy()
+                if mask.any():
+                    ax.contour(mask, levels=[0.5], colors="r", linewidths=0.8)
+            ax.set_axis_off()
+            if r == 0:
+                ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    out = _save_atomic(fig, path)
+    plt.close(fig)
+    return out
+
+
+def segmentation_panel(images: np.ndarray, labels: np.ndarray, preds: np.ndarray, path: Path) -> Path:
+    """Rows of MRI with the label (green) and the prediction (red) outlined."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(images)
+    fig, axes = plt.subplots(1, n, figsize=(2.2 * n, 2.4), squeeze=False)
+    for i in range(n):
+        ax = axes[0][i]
+        ax.imshow(images[i], cmap="gray", vmin=-1, vmax=1)
+        if labels[i].any():
+            ax.contour(labels[i], levels=[0.5], colors="g", linewidths=0.8)
+        if preds[i].any():
+            ax.contour(preds[i], levels=[0.5], colors="r", linewidths=0.8)
+        ax.set_axis_off()
+    fig.suptitle("MRI: label (green), prediction (red)", fontsize=8)
+    fig.tight_layout()
+    out = _save_atomic(fig, path)
+    plt.close(fig)
+    return out

@@ -1,0 +1,146 @@
+"""`liverlab sweep` end to end: real Ray Tune trials, real MLflow runs read back."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from conftest import TINY
+from liverlab.cli import main
+from liverlab.errors import LiverlabError
+from liverlab.sweep.runner import SWEEP_FILE, SweepOptions, run_sweep
+
+
+def _write_space(tmp_path: Path, phantom_root: Path, name: str, **fields) -> Path:
+    base = yaml.safe_load(TINY.read_text())
+    base["data"]["root"] = str(phantom_root)
+    base["data"].pop("phantom")
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    space = {
+        "name": name,
+        "base": "base.yaml",
+        "stage": "unet",
+        "seeds": [0],
+        "objective": {"metric": "val/iou", "mode": "max"},
+        "scheduler": {"type": "none"},
+        "budget": {"samples_per_arm": 1, "max_concurrent": 2, "max_failures": 0},
+        "resources": {"cpu": 1, "gpu": 0},
+        **fields,
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(space))
+    return path
+
+
+def _runs(sweep_dir: Path) -> tuple[MlflowClient, object, list]:
+    info = json.loads((sweep_dir / SWEEP_FILE).read_text())
+    client = MlflowClient(info["tracking_uri"])
+    parent = client.get_run(info["parent_run_id"])
+    children = client.search_runs(
+        [info["experiment_id"]], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    return client, parent, children
+
+
+def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path, phantom_root, capsys):
+    space = _write_space(tmp_path, phantom_root, "dry", arms={"unet.model.norm": ["batch", "instance"]}, seeds=[0, 1],
+                         params={"unet.optim.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}})
+    assert main(["sweep", str(space), "--dry-run", "--storage", str(tmp_path / "s")]) == 0
+    out = capsys.readouterr().out
+    assert "unet.model.norm=batch" in out and "unet.model.norm=instance" in out
+    assert "unet.optim.lr ~ float[0.0001, 0.01] log" in out
+    assert "trials: 4" in out
+    assert not (tmp_path / "s").exists()
+
+
+def test_unknown_key_in_space_names_file_and_key(tmp_path, phantom_root, capsys):
+    space = _write_space(tmp_path, phantom_root, "bad", arms={"unet.nonsense": [1, 2]})
+    assert main(["sweep", str(space), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert str(space) in err and "arms.unet.nonsense: unknown config key" in err
+
+
+def test_preflight_refuses_gpus_the_cluster_does_not_have(tmp_path, phantom_root, ray_session):
+    space = _write_space(tmp_path, phantom_root, "gpu", resources={"cpu": 1, "gpu": 1})
+    with pytest.raises(LiverlabError, match="GPU"):
+        run_sweep(SweepOptions(space=str(space), storage=str(tmp_path / "s"), live=False, report=False))
+
+
+def test_pipeline_sweep_tracks_parent_and_children(tmp_path, phantom_root, ray_session):
+    space = _write_space(
+        tmp_path, phantom_root, "e2e", stage="pipeline", arms={"synthesis": ["none", "essnet"]}, seeds=[0],
+        params={"unet.mixing_ratio": {"type": "float", "low": 0.5, "high": 1.5, "when": {"synthesis": ["essnet"]}}},
+    )
+    rc = run_sweep(SweepOptions(space=str(space), storage=str(tmp_path / "s"), live=False, report=False))
+    assert rc == 0
+    client, parent, children = _runs(tmp_path / "s" / "e2e")
+    assert parent.info.status == "FINISHED" and parent.data.tags["liverlab.sweep"] == "e2e"
+    assert len(children) == 2
+    by_arm = {c.data.tags["liverlab.arm"]: c for c in children}
+    assert set(by_arm) == {"synthesis=none", "synthesis=essnet"}
+    for child in children:
+        tags = child.data.tags
+        assert child.info.status == "FINISHED"
+        for key in ("liverlab.seed", "liverlab.stage", "liverlab.trial_id", "liverlab.git_commit", "liverlab.git_dirty",
+                    "liverlab.manifest_hash", "liverlab.space_file", "liverlab.version", "liverlab.node_id"):
+            assert tags.get(key), key
+        assert tags["liverlab.stage"] == "pipeline" and tags["liverlab.space_file"] == str(space.resolve())
+        history = client.get_metric_history(child.info.run_id, "val/iou")
+        assert [m.step for m in history] == [1, 2]
+        assert "test/iou" in child.data.metrics
+        assert child.data.params["synthesis"] == child.data.tags["liverlab.arm"].split("=")[1]
+        artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
+        assert {"per_patient.parquet", "config.yaml"} <= artifacts
+    essnet = by_arm["synthesis=essnet"]
+    assert 0.5 <= float(essnet.data.params["unet.mixing_ratio"]) <= 1.5
+    assert "val/shape_dice" in essnet.data.metrics  # the translator's figures travel with the trial
+    assert any(a.path == "panels" for a in client.list_artifacts(essnet.info.run_id))
+
+
+def test_a_failing_trial_is_recorded_failed_and_others_finish(tmp_path, phantom_root, ray_session):
+    # data.size 34 is valid config but not divisible by the U-Net's 2**(depth-1): that trial raises.
+    space = _write_space(tmp_path, phantom_root, "fail", arms={"data.size": [32, 34]})
+    rc = run_sweep(SweepOptions(space=str(space), storage=str(tmp_path / "s"), live=False, report=False))
+    assert rc == 0  # not every trial failed
+    _, parent, children = _runs(tmp_path / "s" / "fail")
+    status = {c.data.tags["liverlab.arm"]: c for c in children}
+    assert status["data.size=32"].info.status == "FINISHED"
+    failed = status["data.size=34"]
+    assert failed.info.status == "FAILED" and "34" in failed.data.tags["liverlab.error"]
+    assert parent.info.status == "FINISHED"
+
+
+def test_sigkill_of_the_driver_resumes_with_one_run_per_trial(tmp_path, phantom_root):
+    space = _write_space(tmp_path, phantom_root, "killed", arms={"unet.model.norm": ["batch", "instance"]},
+                         set={"unet.epochs": 40, "unet.patience": 40})
+    storage = tmp_path / "s"
+    cmd = [sys.executable, "-m", "liverlab.cli", "sweep", str(space), "--storage", str(storage), "--no-report"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # Own session: SIGKILL reaches the driver and the Ray processes it started, nothing else.
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 240
+    while time.time() < deadline and not list(storage.glob("killed/*/checkpoint_0*")):
+        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+        time.sleep(0.5)
+    assert list(storage.glob("killed/*/checkpoint_0*")), "no trial reported a checkpoint in time"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(2)
+
+    resumed = subprocess.run(cmd + ["--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    _, parent, children = _runs(storage / "killed")
+    assert len(children) == 2, [c.data.tags.get("liverlab.trial_id") for c in children]
+    assert len({c.data.tags["liverlab.trial_id"] for c in children}) == 2
+    assert all(c.info.status == "FINISHED" for c in children)
+    assert parent.info.status == "FINISHED"

@@ -1,0 +1,101 @@
+"""EssNet: step order, gradients, learning, checkpoints and resume (tiny phantoms)."""
+
+from __future__ import annotations
+
+import torch
+
+from conftest import ReportLog, tiny_config
+from liverlab.train.common import load_checkpoint
+from liverlab.train.essnet import EssNet, ImagePool, build_optimizers, discriminator_step, generator_step, train_essnet
+
+
+def _batch(n: int = 2, size: int = 32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    ct = torch.rand(n, 1, size, size, generator=g) * 2 - 1
+    mri = torch.rand(n, 1, size, size, generator=g) * 2 - 1
+    mask = (torch.rand(n, size, size, generator=g) > 0.5).long()
+    return ct, mask, mri
+
+
+def _has_grad(module: torch.nn.Module) -> bool:
+    return any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
+
+
+def test_generator_step_leaves_discriminators_without_gradient(phantom_root):
+    cfg = tiny_config(phantom_root).essnet
+    net = EssNet(cfg)
+    opt = build_optimizers(net, cfg)
+    ct, mask, mri = _batch()
+    losses, _, _ = generator_step(net, opt["g"], cfg, ct, mask, mri)
+    assert not _has_grad(net.d_mri) and not _has_grad(net.d_ct)
+    assert _has_grad(net.g_mri) and _has_grad(net.g_ct) and _has_grad(net.seg)
+    assert losses["train/loss_seg"] > 0
+    # The discriminators are trainable again for their own step, and only they change there.
+    g_before = [p.clone() for p in net.g_mri.parameters()]
+    fake_mri, fake_ct = net.g_mri(ct).detach(), net.g_ct(mri).detach()
+    pools = {"mri": ImagePool(4), "ct": ImagePool(4)}
+    discriminator_step(net, opt, pools, ct, mri, fake_mri, fake_ct)
+    assert _has_grad(net.d_mri) and _has_grad(net.d_ct)
+    assert all(torch.equal(a, b) for a, b in zip(g_before, net.g_mri.parameters()))
+
+
+def test_cyclegan_arm_never_builds_or_runs_the_segmenter(phantom_root):
+    cfg = tiny_config(phantom_root, synthesis="cyclegan").effective_essnet()
+    assert cfg.lambda_seg == 0
+    net = EssNet(cfg)
+    assert net.seg is None  # S receives no gradient because it does not exist
+    losses, _, _ = generator_step(net, build_optimizers(net, cfg)["g"], cfg, *_batch())
+    assert losses["train/loss_seg"] == 0
+    # With lambda_seg > 0 the same config builds S and gives it gradient (see above).
+    assert EssNet(tiny_config(phantom_root).essnet).seg is not None
+
+
+def test_zero_weights_switch_terms_off(phantom_root):
+    cfg = tiny_config(phantom_root, **{"essnet.lambda_adv": 0.0, "essnet.lambda_idt": 0.0}).essnet
+    net = EssNet(cfg)
+    losses, _, _ = generator_step(net, build_optimizers(net, cfg)["g"], cfg, *_batch())
+    assert losses["train/loss_adv"] == 0 and losses["train/loss_idt"] == 0
+    assert losses["train/loss_cycle"] > 0
+
+
+def test_image_pool_returns_history_and_keeps_size():
+    pool = ImagePool(3, seed=0)
+    seen = [pool.query(torch.full((1, 1, 2, 2), float(i))) for i in range(20)]
+    assert len(pool.images) == 3
+    # Once full, some queries return an older fake instead of the new one.
+    assert any(float(out.mean()) != i for i, out in enumerate(seen[3:], start=3))
+    assert torch.equal(ImagePool(0).query(seen[0]), seen[0])
+
+
+def test_short_run_improves_ssim_against_true_mri(phantom_root, tmp_path):
+    from liverlab.train.essnet_data import EssNetData
+    from liverlab.train.essnet import validate_essnet
+
+    config = tiny_config(phantom_root, **{
+        "essnet.epochs": 1, "essnet.steps_per_epoch": 30, "essnet.lambda_idt": 0.5,
+        "essnet.generator.ngf": 8, "essnet.generator.n_blocks": 2,
+    })
+    torch.manual_seed(config.seed)
+    data = EssNetData(config)
+    assert data.val_true_mri is not None, "phantom CT and MRI validation slices must pair up"
+    before = validate_essnet(EssNet(config.essnet), data, torch.device("cpu"))["val/ssim"]
+    log = ReportLog()
+    metrics = train_essnet(config, log, None, tmp_path)
+    assert metrics["val/ssim"] > before + 0.05, (before, metrics["val/ssim"])
+    assert 0.0 <= metrics["val/shape_dice"] <= 1.0
+    assert (tmp_path / "panels" / "essnet_epoch_001.png").stat().st_size > 0
+
+
+def test_checkpoint_loads_weights_only_and_resume_continues(phantom_root, tmp_path):
+    config = tiny_config(phantom_root, **{"essnet.epochs": 2, "essnet.steps_per_epoch": 2})
+    log = ReportLog()
+    train_essnet(config, log, None, tmp_path)
+    assert [m["epoch"] for m in log.metrics] == [1, 2]
+    state = load_checkpoint(log.checkpoints[-1])  # weights_only=True inside
+    assert state["epoch"] == 2 and state["kind"] == "essnet"
+
+    # Ask for 3 epochs in the same folder: only epoch 3 runs, from epoch 2's weights.
+    longer = tiny_config(phantom_root, **{"essnet.epochs": 3, "essnet.steps_per_epoch": 2})
+    resumed = ReportLog()
+    train_essnet(longer, resumed, None, tmp_path)
+    assert [m["epoch"] for m in resumed.metrics] == [3]
