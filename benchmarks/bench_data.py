@@ -53,12 +53,11 @@ def main() -> None:
     rows: list[tuple[str, str]] = []
     with tempfile.TemporaryDirectory(prefix="bench_data_") as tmp:
         root = Path(tmp) / "phantoms"
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         generate_phantoms(root, patients=args.patients, size=args.size, slices=args.slices, seed=0, progress=False)
-        gen_s = time.perf_counter() - t0
-        rows.append(
-            (f"phantoms: {args.patients} patients {args.size}x{args.size}x{args.slices} (CT+MRI, NIfTI, manifests)", f"{gen_s:.2f} s")
-        )
+        gen_s, gen_cpu = time.perf_counter() - t0, time.process_time() - c0
+        shape = f"{args.size}x{args.size}x{args.slices}"
+        rows.append((f"phantoms: {args.patients} patients {shape} (CT+MRI, NIfTI, manifests)", f"{gen_s:.2f} s wall ({gen_cpu:.2f} s CPU)"))
 
         kw = dict(size=args.size, empty_slice_fraction=1.0)
         t0 = time.perf_counter()
@@ -80,7 +79,9 @@ def main() -> None:
         rows.append(("warm / cold speed-up", f"{cold_s / best:.0f}x"))
 
     width = max(len(k) for k, _ in rows)
-    print(f"liverlab data benchmark  ({platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()})")
+    cpu = platform.processor() or platform.machine()
+    print(f"liverlab data benchmark  ({cpu}, {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()})")
+    print(f"load average {os.getloadavg()[0]:.2f} (other processes share the CPUs when > 0)")
     print("-" * (width + 28))
     for k, v in rows:
         print(f"{k:<{width}}  {v}")

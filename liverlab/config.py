@@ -155,6 +155,11 @@ class EssNetConfig(_Strict):
     batch_size: int = Field(4, ge=1, le=1024)
     steps_per_epoch: int | None = Field(None, ge=1, description="default: CT slices / batch")
     val_slices: int = Field(32, ge=1, description="slices per validation (phantom SSIM / shape)")
+    reference_steps: int = Field(
+        150, ge=0, le=100000,
+        description="training steps of the frozen real-MRI U-Net that judges shape preservation in every arm "
+        "(val/shape_dice); 0 = judge with EssNet's own S instead (no figure for the CycleGAN arm)",
+    )
 
 
 class AugmentConfig(_Strict):

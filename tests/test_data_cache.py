@@ -126,3 +126,15 @@ def test_by_case_regroups(tiny: Path, tmp_path: Path) -> None:
         assert st.images.shape[0] == st.masks.shape[0] == len(st.slice_index)
         assert st.image_volume().shape == (16, 16, len(st.slice_index))
         assert np.all(np.diff(st.slice_index) > 0) and st.patient_id == cid
+
+
+def test_pickles_as_location(tiny: Path, tmp_path: Path) -> None:
+    """Workers and Ray tasks get the cache path, not a copy of every slice."""
+    import pickle
+
+    s = load_slices(tiny / "ct", "ct", size=32, empty_slice_fraction=1.0, cache_dir=tmp_path)
+    blob = pickle.dumps(s)
+    assert len(blob) < s.images.nbytes / 4
+    back = pickle.loads(blob)
+    assert isinstance(back.images, np.memmap) and back.case_ids == s.case_ids and back.build_id == s.build_id
+    np.testing.assert_array_equal(np.asarray(back.images), np.asarray(s.images))

@@ -173,3 +173,26 @@ def test_inspect_table_and_png(tmp_path: Path, capsys: pytest.CaptureFixture[str
         assert im.format == "PNG" and im.size[0] > 200
         assert np.asarray(im.convert("L")).std() > 5  # not a blank canvas
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_data_commands_import_nothing_heavy() -> None:
+    """``liverlab --help`` stays instant: the data commands module pulls in no heavy library."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, liverlab.data, liverlab.data.commands, argparse;"
+        "p = argparse.ArgumentParser(); liverlab.data.commands.register(p.add_subparsers());"
+        "print(sorted(m for m in ('torch', 'nibabel', 'polars', 'pydicom', 'matplotlib', 'scipy') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_lazy_reexports() -> None:
+    import liverlab.data as data
+
+    assert data.load_slices.__module__ == "liverlab.data.cache"
+    assert data.Augment.__module__ == "liverlab.data.augment"
+    with pytest.raises(AttributeError):
+        data.nope  # noqa: B018

@@ -84,7 +84,9 @@ def test_chaos_mr_keeps_liver_only(shared_data: Path, tmp_path: Path) -> None:
 def test_totalseg_single_pairs(shared_data: Path, tmp_path: Path) -> None:
     ts = shared_data / "totalseg-examples"
     ct = import_nifti(str(ts / "example_ct_sm.nii.gz"), str(ts / "example_seg.nii.gz"), "ct", 5, tmp_path / "ct", progress=False)
-    mr = import_nifti(str(ts / "example_mr_sm.nii.gz"), str(ts / "example_seg_mr.nii.gz"), "mri", 5, tmp_path / "mr", progress=False)
+    mr = import_nifti(
+        str(ts / "example_mr_sm.nii.gz"), str(ts / "example_seg_mr.nii.gz"), "mri", 5, tmp_path / "mr", progress=False
+    )
     vc = load_volume(ct / "imagesTr/ct_example_ct_sm_0000.nii.gz", ct / "labelsTr/ct_example_ct_sm.nii.gz")
     vm = load_volume(mr / "imagesTr/mri_example_mr_sm_0000.nii.gz", mr / "labelsTr/mri_example_mr_sm.nii.gz")
     assert orientation_codes(vc.affine) == orientation_codes(vm.affine) == "RAS"

@@ -54,7 +54,9 @@ def _fake_manifest(patient_cases: dict[str, int]) -> pl.DataFrame:
     rows = []
     for p, n in patient_cases.items():
         for k in range(n):
-            rows.append({"case_id": f"{p}_c{k}", "patient_id": p, "modality": "mri", "image_sha256": "x", "label_sha256": "y", "split": None})
+            rows.append(
+                {"case_id": f"{p}_c{k}", "patient_id": p, "modality": "mri", "image_sha256": "x", "label_sha256": "y", "split": None}
+            )
     return pl.DataFrame(rows, schema_overrides={"split": pl.String})
 
 
@@ -86,7 +88,13 @@ def test_splits_deterministic_and_seed_dependent() -> None:
 
 @pytest.mark.parametrize(
     ("n", "val", "test", "expected"),
-    [(10, 0.2, 0.2, (6, 2, 2)), (3, 0.2, 0.2, (1, 1, 1)), (2, 0.2, 0.2, (2, 0, 0)), (5, 0.0, 0.2, (4, 0, 1)), (1, 0.4, 0.4, (1, 0, 0))],
+    [
+        (10, 0.2, 0.2, (6, 2, 2)),
+        (3, 0.2, 0.2, (1, 1, 1)),
+        (2, 0.2, 0.2, (2, 0, 0)),
+        (5, 0.0, 0.2, (4, 0, 1)),
+        (1, 0.4, 0.4, (1, 0, 0)),
+    ],
 )
 def test_split_counts(n: int, val: float, test: float, expected: tuple[int, int, int]) -> None:
     assert mf.split_counts(n, val, test) == expected

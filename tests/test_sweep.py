@@ -79,14 +79,21 @@ def test_pipeline_sweep_tracks_parent_and_children(tmp_path, phantom_root, ray_s
     space = _write_space(
         tmp_path, phantom_root, "e2e", stage="pipeline", arms={"synthesis": ["none", "essnet"]}, seeds=[0],
         params={"unet.mixing_ratio": {"type": "float", "low": 0.5, "high": 1.5, "when": {"synthesis": ["essnet"]}}},
+        budget={"samples_per_arm": 2, "max_concurrent": 2, "max_failures": 0},
     )
     rc = run_sweep(SweepOptions(space=str(space), storage=str(tmp_path / "s"), live=False, report=False))
     assert rc == 0
     client, parent, children = _runs(tmp_path / "s" / "e2e")
     assert parent.info.status == "FINISHED" and parent.data.tags["liverlab.sweep"] == "e2e"
-    assert len(children) == 2
+    assert len(children) == 4
     by_arm = {c.data.tags["liverlab.arm"]: c for c in children}
     assert set(by_arm) == {"synthesis=none", "synthesis=essnet"}
+    # The two EssNet trials (same data, settings and seed) share one translator and one synthetic set.
+    cache = tmp_path / "s" / "e2e" / "cache"
+    assert len(list((cache / "essnet").glob("*/done.json"))) == 1
+    assert len(list((cache / "synthetic").glob("*/provenance.json"))) == 1
+    essnet_runs = [c for c in children if c.data.tags["liverlab.arm"] == "synthesis=essnet"]
+    assert sorted(c.data.tags["liverlab.synthetic_reused"] for c in essnet_runs) == ["false", "true"]
     for child in children:
         tags = child.data.tags
         assert child.info.status == "FINISHED"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from typing import Any
 
 import polars as pl
 import pytest
-from test_report_fixtures import fresh_uri, known_store
+from test_report_fixtures import fresh_uri, known_store, patient_iou
 
 from liverlab.config import config_from_dict, flatten
 from liverlab.errors import LiverlabError
@@ -273,12 +272,12 @@ def test_concurrent_writers_on_one_sqlite_file(sweep: tuple[str, str, str]) -> N
         t.finish()
     """)
     procs = [subprocess.Popen([sys.executable, "-c", code, str(i)], cwd=REPO, stderr=subprocess.PIPE, text=True)
-             for i in range(3)]
+             for i in range(2)]
     for p in procs:
         assert p.wait(timeout=120) == 0, p.stderr.read() if p.stderr else ""
     runs = read_runs(uri, "s", parent_run_id=parent)
-    assert runs.height == 3 and set(runs["status"]) == {"FINISHED"}
-    assert _count(uri, "SELECT count(*) FROM metrics") == 3 * 600
+    assert runs.height == 2 and set(runs["status"]) == {"FINISHED"}
+    assert _count(uri, "SELECT count(*) FROM metrics") == 2 * 600
 
 
 # ----------------------------------------------------------------------------- reader
@@ -328,7 +327,7 @@ def test_read_per_patient_and_histories() -> None:
     assert pp.columns == ["run_id", "arm", "seed", "patient_id", "metric", "value"]
     assert pp.height == runs.height * 4 * 5
     one = pp.filter((pl.col("run_id") == store.run_ids[("synthesis=none", 2)]) & (pl.col("metric") == "iou"))
-    assert one.sort("patient_id")["value"].to_list() == pytest.approx([0.72, 0.74, 0.76, 0.78])
+    assert one.sort("patient_id")["value"].to_list() == pytest.approx(patient_iou(0.0, 2))
     hist = read_histories(store.uri, runs, ["val/iou"])
     assert hist.columns == ["run_id", "key", "step", "value"]
     assert hist.height == runs.height * 4 and set(hist["key"]) == {"val/iou"}
@@ -343,4 +342,3 @@ def test_reader_errors(tmp_path: Path) -> None:
         read_runs(store.uri, "nope")
     with pytest.raises(LiverlabError, match="no run"):
         read_runs(store.uri, "known", parent_run_id="0" * 32)
-    assert os.environ.get("MLFLOW_TRACKING_URI") is None or True

@@ -82,7 +82,7 @@ def test_short_run_improves_ssim_against_true_mri(phantom_root, tmp_path):
     log = ReportLog()
     metrics = train_essnet(config, log, None, tmp_path)
     assert metrics["val/ssim"] > before + 0.05, (before, metrics["val/ssim"])
-    assert 0.0 <= metrics["val/shape_dice"] <= 1.0
+    assert 0.0 <= metrics["val/shape_dice"] <= 1.0 and 0.0 <= metrics["val/seg_dice"] <= 1.0
     assert (tmp_path / "panels" / "essnet_epoch_001.png").stat().st_size > 0
 
 
@@ -99,3 +99,16 @@ def test_checkpoint_loads_weights_only_and_resume_continues(phantom_root, tmp_pa
     resumed = ReportLog()
     train_essnet(longer, resumed, None, tmp_path)
     assert [m["epoch"] for m in resumed.metrics] == [3]
+
+
+def test_every_arm_is_judged_by_the_same_reference_segmenter(phantom_root, tmp_path):
+    """val/shape_dice comes from a frozen real-MRI U-Net, so CycleGAN and EssNet compare."""
+    from liverlab.train.reference import reference_key
+
+    sets = {"essnet.epochs": 1, "essnet.steps_per_epoch": 2, "essnet.reference_steps": 10}
+    cyclegan = train_essnet(tiny_config(phantom_root, synthesis="cyclegan", **sets), ReportLog(), None, tmp_path / "c")
+    essnet = train_essnet(tiny_config(phantom_root, synthesis="essnet", **sets), ReportLog(), None, tmp_path / "e")
+    assert 0.0 <= cyclegan["val/shape_dice"] <= 1.0 and "val/seg_dice" not in cyclegan
+    assert 0.0 <= essnet["val/seg_dice"] <= 1.0 and "val/shape_dice" in essnet
+    key = reference_key(tiny_config(phantom_root, **sets))[:24]
+    assert len(list(phantom_root.glob(f"mri/.cache/reference_segmenter/{key}.pt"))) == 1  # trained once, shared

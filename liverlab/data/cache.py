@@ -100,6 +100,14 @@ class SliceSet:
     def __len__(self) -> int:
         return int(self.images.shape[0])
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickle a cached set as its location, not its arrays: DataLoader
+        # workers (spawn) and Ray tasks then re-open the memmaps instead of
+        # copying every slice through a pipe.
+        if self.path is not None and (self.path / META).is_file():
+            return (_open, (self.path, self.key))
+        return super().__reduce__()
+
     @property
     def cases(self) -> list[str]:
         """Case ids in slice order, each once."""

@@ -194,7 +194,8 @@ def _chaos_volume(src: Path, progress: bool) -> tuple[np.ndarray, np.ndarray, np
         if hu.shape != slices[0][2].shape:
             raise LiverlabError(f"{path}: slice shape {hu.shape} differs from {slices[0][2].shape}")
     # Slice order from the position along the slice normal, never from file names.
-    pos = np.array([np.dot(np.array([float(v) for v in ds.ImagePositionPatient]), normal) for _, ds, _ in slices])  # type: ignore[attr-defined]
+    ipp = [[float(v) for v in ds.ImagePositionPatient] for _, ds, _ in slices]  # type: ignore[attr-defined]
+    pos = np.asarray(ipp, dtype=np.float64) @ normal
     order = np.argsort(pos, kind="stable")
     slices = [slices[i] for i in order]
     pos = pos[order]
@@ -203,7 +204,8 @@ def _chaos_volume(src: Path, progress: bool) -> tuple[np.ndarray, np.ndarray, np
         step = float(np.median(steps))
         if step <= 0 or not np.allclose(steps, step, rtol=SLICE_STEP_RTOL):
             raise LiverlabError(
-                f"{ddir}: slice positions are not evenly spaced (steps {np.round(steps, 3).tolist()} mm; missing or duplicate slices?)"
+                f"{ddir}: slice positions are not evenly spaced "
+                f"(steps {np.round(steps, 3).tolist()} mm; missing or duplicate slices?)"
             )
     else:
         step = float(getattr(slices[0][1], "SliceThickness", 1.0) or 1.0)

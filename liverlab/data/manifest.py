@@ -155,15 +155,16 @@ def read_manifest(dataset_dir: str | Path) -> pl.DataFrame:
 
 
 def manifest_is_fresh(dataset_dir: str | Path, df: pl.DataFrame) -> bool:
-    """True when the manifest lists exactly the cases on disk, with unchanged size and mtime."""
+    """True when the manifest lists exactly the cases on disk (same patients, sizes, mtimes)."""
     root = Path(dataset_dir)
     try:
         cases = layout.list_cases(root)
-        on_disk = {case: (_stat(img), _stat(lab)) for case, img, lab in cases}
+        patients = layout.patients_of(root)
+        on_disk = {case: (patients.get(case, case), _stat(img), _stat(lab)) for case, img, lab in cases}
     except (LiverlabError, OSError):
         return False
     listed = {
-        r["case_id"]: ((r["image_bytes"], r["image_mtime_ns"]), (r["label_bytes"], r["label_mtime_ns"]))
+        r["case_id"]: (r["patient_id"], (r["image_bytes"], r["image_mtime_ns"]), (r["label_bytes"], r["label_mtime_ns"]))
         for r in df.iter_rows(named=True)
     }
     return listed == on_disk

@@ -51,6 +51,10 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
+def _title(metric: str) -> str:
+    return {"iou": "IoU", "dice": "Dice"}.get(metric, metric.upper())
+
+
 def _color(key: str | None, i: int) -> str:
     return _COLORS.get(key or "", _FALLBACK[i % len(_FALLBACK)])
 
@@ -108,10 +112,12 @@ def iou_vs_mixing_ratio(vals: pl.DataFrame, path: Path, metric: str = "iou") -> 
                 f"(n={int(pn.sum())})")
         ok = ~np.isnan(plo)
         ax.fill_between(px[ok], plo[ok], phi[ok], color=c, alpha=0.2)
+        # Error bars too: a band is invisible when there is a single mixing ratio.
+        ax.errorbar(px[ok], py[ok], yerr=[py[ok] - plo[ok], phi[ok] - py[ok]], fmt="none", ecolor=c, capsize=4)
     ax.set_xlim(x_lo - 0.05 * (x_hi - x_lo or 1), x_hi + 0.05 * (x_hi - x_lo or 1))
     ax.set_xlabel("mixing ratio (synthetic / real slices)")
-    ax.set_ylabel(f"test {metric.upper() if metric == 'iou' else metric}")
-    ax.set_title(f"{metric.upper()} vs mixing ratio (mean, 95 % t band)")
+    ax.set_ylabel(f"test {_title(metric)}")
+    ax.set_title(f"{_title(metric)} vs mixing ratio (mean, 95 % t band)")
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
@@ -133,8 +139,8 @@ def distributions(units: pl.DataFrame, path: Path, metric: str = "iou") -> Path:
         synth = arm_factors(a).get("synthesis")
         ax.scatter(i + rng.uniform(-0.12, 0.12, y.size), y, color=_color(synth, i), s=18, zorder=3, alpha=0.8)
     ax.set_xticks(range(1, len(arms) + 1), [f"{arm_label(a)}\n(n={len(y)})" for a, y in zip(arms, data)], fontsize=7)
-    ax.set_ylabel(f"{metric} (per seed)")
-    ax.set_title(f"{metric.upper() if metric == 'iou' else metric} per arm")
+    ax.set_ylabel(f"test {_title(metric)} (per seed)")
+    ax.set_title(f"{_title(metric)} per arm (box: quartiles; points: seeds)")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return _save(fig, path)

@@ -33,8 +33,11 @@ def _p(x: Any) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3g}"
 
 
-def _signed(x: Any) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:+.2f}"
+def _signed(x: Any, points: bool = True) -> str:
+    """IoU/Dice points with 2 decimals; other units with 3 significant digits."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return f"{x:+.2f}" if points else f"{x:+.3g}"
 
 
 def _images(group: pl.DataFrame) -> str:
@@ -51,7 +54,8 @@ def _images(group: pl.DataFrame) -> str:
 
 
 def _unique(runs: pl.DataFrame, col: str, parent_tags: dict[str, str], tag: str) -> str:
-    vals = sorted({str(v) for v in runs[col].drop_nulls().to_list()}) if col in runs.columns else []
+    vals = sorted({str(v).lower() if isinstance(v, bool) else str(v) for v in runs[col].drop_nulls().to_list()}
+                  if col in runs.columns else [])
     if not vals and tag in parent_tags:
         vals = [parent_tags[tag]]
     return ", ".join(f"`{v}`" for v in vals) or "unknown"
@@ -69,11 +73,18 @@ def _sweep_name(name: str | None, parent_tags: dict[str, str], runs: pl.DataFram
 
 
 def _comparison_sentence(row: dict[str, Any]) -> str:
+    """'+2.40 IoU points, 95 % CI [+0.98, +3.82], paired t p = 0.00926, ..., n = 5 seeds'."""
     what = _NAMES.get(row["metric"], row["metric"])
-    unit = " points" if row["unit"] == "points" else ""
+    pts = row["unit"] == "points"
+    if pts:
+        amount = f"{_signed(row['mean_diff'])} {what} points"
+    elif row["metric"] in ("assd", "mssd"):
+        amount = f"{_signed(row['mean_diff'], False)} mm {what}"
+    else:
+        amount = f"{_signed(row['mean_diff'], False)} {what}"
     level = "seeds" if row["level"] == "seed" else "(seed, patient) pairs"
     text = (
-        f"{what} {_signed(row['mean_diff'])}{unit}, 95 % CI [{_signed(row['t_lo'])}, {_signed(row['t_hi'])}], "
+        f"{amount}, 95 % CI [{_signed(row['t_lo'], pts)}, {_signed(row['t_hi'], pts)}], "
         f"paired t p = {_p(row['t_p'])}, Wilcoxon p = {_p(row['w_p'])}, d_z = {_f(row['d_z'], 2)}, "
         f"n = {row['n']} {level}"
     )
@@ -131,11 +142,18 @@ def _markdown(ctx: dict[str, Any]) -> str:
     else:
         L.append(f"Differences are arm minus baseline `{ctx['baseline']}` ({stats.arm_label(ctx['baseline'])}), "
                  "paired by seed (and by seed and test patient where per-patient tables exist). "
-                 "IoU and Dice differences are in points (x100); ASSD/MSSD in mm, RAVD in its logged unit.")
+                 "IoU and Dice differences are in points (x100); ASSD/MSSD in mm, RAVD in its logged unit. "
+                 "The seed-level test is the primary one: (seed, patient) pairs reuse the same test patients "
+                 "across seeds, so they are not independent and their p-values are optimistic.")
         L.append("")
         for arm in sorted(comps["arm"].unique().to_list()):
-            L.append(f"- **{stats.arm_label(arm)} vs {stats.arm_label(ctx['baseline'])}** (`{arm}` vs `{ctx['baseline']}`):")
-            for r in comps.filter(pl.col("arm") == arm).iter_rows(named=True):
+            rows = list(comps.filter(pl.col("arm") == arm).iter_rows(named=True))
+            # The headline (IoU over seeds) goes on the arm's own line; the rest below it.
+            rows.sort(key=lambda r: (r["metric"] != "iou" or r["level"] != "seed"))
+            head = _comparison_sentence(rows[0])
+            L.append(f"- **{stats.arm_label(arm)} vs {stats.arm_label(ctx['baseline'])}**: {head} "
+                     f"(`{arm}` vs `{ctx['baseline']}`)")
+            for r in rows[1:]:
                 L.append(f"  - {_comparison_sentence(r)}")
     L += ["", "## Figures", ""]
     for name, path in ctx["figures"].items():

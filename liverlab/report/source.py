@@ -94,3 +94,21 @@ def sweep_runs(uri: str, experiment: str | None, parent_run_id: str | None) -> t
     parent = str(parents.sort("start_time")["run_id"][-1])
     note = f"{parents.height} sweep parent runs in this experiment; the latest was used" if parents.height > 1 else ""
     return runs.filter(pl.col("parent_run_id") == parent), parent, note
+
+
+def load_units(sweep: str, tracking_uri: str | None = None) -> tuple[SweepRef, Any, Any]:
+    """(ref, finished runs, units): the finished trials of a sweep and one unit per (arm, seed),
+    with ``value.<metric>`` / ``source.<metric>`` columns (see ``liverlab.report.stats``)."""
+    import polars as pl
+
+    from liverlab.report import stats
+
+    ref = resolve_sweep(sweep, tracking_uri)
+    runs, _, _ = sweep_runs(ref.uri, ref.experiment, ref.parent_run_id)
+    if runs.height == 0:
+        raise LiverlabError(f"{sweep}: no runs")
+    finished = stats.with_arm(runs.filter(pl.col("status") == "FINISHED"))
+    if finished.height == 0:
+        raise LiverlabError(f"{sweep}: no finished runs")
+    units = stats.metric_values(stats.select_units(finished))
+    return ref, stats.metric_values(finished), units

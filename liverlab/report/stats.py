@@ -215,7 +215,11 @@ def paired_test(a: np.ndarray, b: np.ndarray, scale: float = 1.0) -> dict[str, A
     """
     from scipy import stats
 
-    d = (np.asarray(a, dtype=float) - np.asarray(b, dtype=float)) * scale
+    a_s = np.asarray(a, dtype=float) * scale
+    b_s = np.asarray(b, dtype=float) * scale
+    # Rounded to 1e-10: differences that are equal (or zero) in exact arithmetic must not
+    # look different because of float noise (d_z would explode, Wilcoxon would see no ties).
+    d = np.round(a_s - b_s, 10)
     n = int(d.size)
     notes: list[str] = []
     out: dict[str, Any] = {"n": n, "mean_diff": float(d.mean()) if n else math.nan, "sd_diff": math.nan,
@@ -227,10 +231,10 @@ def paired_test(a: np.ndarray, b: np.ndarray, scale: float = 1.0) -> dict[str, A
     sd = float(d.std(ddof=1))
     out["sd_diff"] = sd
     out["t_lo"], out["t_hi"] = t_interval(d)
-    if sd == 0.0:
+    if sd < 1e-9:
         notes.append("all differences equal: t-test and d_z undefined")
     else:
-        res = stats.ttest_rel(np.asarray(a, float) * scale, np.asarray(b, float) * scale)
+        res = stats.ttest_rel(a_s, b_s)
         out["t_stat"], out["t_p"] = float(res.statistic), float(res.pvalue)
         out["d_z"] = float(d.mean() / sd)
     nonzero = int(np.count_nonzero(d))
@@ -283,3 +287,21 @@ def paired_comparisons(
               "t_stat": pl.Float64, "t_p": pl.Float64, "w_stat": pl.Float64, "w_p": pl.Float64, "d_z": pl.Float64,
               "note": pl.String}
     return pl.DataFrame(rows, schema=schema)
+
+
+def welch_difference(a: np.ndarray, b: np.ndarray, scale: float = 1.0) -> dict[str, float]:
+    """Unpaired ``mean(b) - mean(a)`` (times ``scale``) with Welch's 95 % interval and p-value.
+
+    For two different sweeps, whose seeds are not the same experiment.
+    """
+    from scipy import stats
+
+    a_s, b_s = np.asarray(a, float) * scale, np.asarray(b, float) * scale
+    out = {"diff": float(b_s.mean() - a_s.mean()) if a_s.size and b_s.size else math.nan,
+           "lo": math.nan, "hi": math.nan, "p": math.nan}
+    if a_s.size < 2 or b_s.size < 2 or (a_s.std() == 0 and b_s.std() == 0):
+        return out
+    res = stats.ttest_ind(b_s, a_s, equal_var=False)
+    ci = res.confidence_interval(0.95)
+    out.update(lo=float(ci.low), hi=float(ci.high), p=float(res.pvalue))
+    return out

@@ -1,4 +1,8 @@
-"""``liverlab sweep``: argument parsing only; the work is in ``liverlab.sweep.runner``."""
+"""``liverlab sweep`` and ``liverlab doctor``: argument parsing only.
+
+The work is in ``liverlab.sweep.runner`` and ``liverlab.sweep.doctor``,
+imported inside the handlers so that ``liverlab --help`` never imports ray.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +24,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     p.set_defaults(func=_sweep)
 
+    p = sub.add_parser("doctor", help="check a Ray cluster: nodes, storage and data seen from every node, versions, tracking")
+    p.add_argument("--address", help="Ray cluster address (default $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--storage", help="sweep storage root to check (default ./sweeps or $LIVERLAB_STORAGE)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI to check (default $MLFLOW_TRACKING_URI)")
+    p.add_argument("--data", help="dataset folder every node must see")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each node's answer (default 60)")
+    p.set_defaults(func=_doctor)
+
 
 def _sweep(args: argparse.Namespace) -> int:
     from liverlab.sweep.runner import SweepOptions, run_sweep
@@ -29,3 +41,12 @@ def _sweep(args: argparse.Namespace) -> int:
         dry_run=args.dry_run, resume=args.resume, address=args.address, storage=args.storage,
         tracking_uri=args.tracking_uri, name=args.name, report=not args.no_report,
     ))
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    import os
+
+    from liverlab.sweep.doctor import doctor_main
+
+    storage = args.storage or os.environ.get("LIVERLAB_STORAGE") or "sweeps"  # what `liverlab sweep` would use
+    return doctor_main(args.address, storage, args.tracking_uri, args.data, args.timeout)

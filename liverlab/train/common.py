@@ -82,6 +82,17 @@ CHECKPOINT_DIR = "checkpoint"
 STATE_FILE = "state.pt"
 
 
+def atomic_torch_save(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` to a temporary name, then rename: no half-written file ever looks complete."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+    return path
+
+
 def save_checkpoint(workdir: str | Path, state: dict[str, Any]) -> str:
     """Write ``workdir/checkpoint/state.pt`` atomically; return the checkpoint folder.
 
@@ -89,11 +100,7 @@ def save_checkpoint(workdir: str | Path, state: dict[str, Any]) -> str:
     with ``torch.load(..., weights_only=True)``.
     """
     ckpt_dir = Path(workdir) / CHECKPOINT_DIR
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=ckpt_dir, suffix=".tmp")
-    os.close(fd)
-    torch.save(state, tmp)
-    os.replace(tmp, ckpt_dir / STATE_FILE)
+    atomic_torch_save(state, ckpt_dir / STATE_FILE)
     return str(ckpt_dir)
 
 

@@ -219,6 +219,9 @@ def train_essnet(
     common.seed_everything(config.seed)
     device = common.select_device(config.device)
     data = EssNetData(config)
+    from liverlab.train.reference import reference_segmenter
+
+    judge = reference_segmenter(config, device)  # same judge of shape preservation in every arm
 
     net = EssNet(cfg).to(device)
     if config.channels_last:
@@ -260,8 +263,11 @@ def train_essnet(
             s.step()
         train_time = time.perf_counter() - t0
         metrics = {k: v / steps for k, v in sums.items()}
-        metrics.update(validate_essnet(net, data, device, config.precision))
+        t1 = time.perf_counter()
+        metrics.update(validate_essnet(net, data, device, config.precision, judge))
         metrics["train/images_per_s"] = steps * cfg.batch_size / max(train_time, 1e-9)
+        metrics["time/train_s"] = train_time
+        metrics["time/val_s"] = time.perf_counter() - t1
         metrics["epoch"] = epoch + 1
         tracker.log_metrics(metrics, step=epoch + 1)
         if data.panel_batch is not None:
@@ -276,25 +282,30 @@ def train_essnet(
 
 
 @torch.no_grad()
-def validate_essnet(net: EssNet, data: Any, device: torch.device, precision: str = "fp32") -> dict[str, float]:
+def validate_essnet(
+    net: EssNet, data: Any, device: torch.device, precision: str = "fp32", judge: nn.Module | None = None
+) -> dict[str, float]:
     """Synthesis fidelity against the true MRI (phantoms) and shape preservation.
 
     ``val/ssim``, ``val/psnr``, ``val/mae`` exist only when the CT and MRI
     validation slices are of the same patients (phantoms). ``val/shape_dice``
-    is the Dice of S on G_mri(ct) against the carried CT mask, on slices with
-    liver; the CycleGAN arm has no S and reports it only when a reference
-    segmenter is given.
+    is the Dice, on liver-bearing slices, of the frozen reference segmenter
+    (``judge``, trained on real MRI) on G_mri(CT) against the carried CT mask:
+    one judge for every arm. ``val/seg_dice`` is EssNet's own S on the same
+    images; without a judge, ``val/shape_dice`` falls back to it.
     """
     from liverlab.metrics import dice, mae, psnr, ssim
 
     net.eval()
     out: dict[str, float] = {}
-    fakes, masks, preds = [], [], []
+    fakes, masks, seg_preds, judge_preds = [], [], [], []
     for ct, mask in data.val_batches():
         with common.autocast(device, precision):
             fake = net.g_mri(ct.to(device)).float().clamp(-1, 1)
             if net.seg is not None:
-                preds.append(net.seg(fake).argmax(1).cpu().numpy())
+                seg_preds.append(net.seg(fake).float().argmax(1).cpu().numpy())
+            if judge is not None:
+                judge_preds.append(judge(fake).float().argmax(1).cpu().numpy())
         fakes.append(fake[:, 0].cpu().numpy())
         masks.append(mask.numpy())
     fake_np = np.concatenate(fakes)
@@ -304,10 +315,14 @@ def validate_essnet(net: EssNet, data: Any, device: torch.device, precision: str
         out["val/ssim"] = float(ssim(fake_np, true, data_range=2.0))
         out["val/psnr"] = float(psnr(fake_np, true, data_range=2.0))
         out["val/mae"] = float(mae(fake_np, true))
-    if preds:
-        pred = np.concatenate(preds)
-        has_liver = mask_np.reshape(len(mask_np), -1).any(1)
-        if has_liver.any():
-            out["val/shape_dice"] = float(dice(pred[has_liver] > 0, mask_np[has_liver] > 0))
+    has_liver = mask_np.reshape(len(mask_np), -1).any(1)
+    if has_liver.any():
+        truth = mask_np[has_liver] > 0
+        if seg_preds:
+            out["val/seg_dice"] = float(dice(np.concatenate(seg_preds)[has_liver] > 0, truth))
+        if judge_preds:
+            out["val/shape_dice"] = float(dice(np.concatenate(judge_preds)[has_liver] > 0, truth))
+        elif "val/seg_dice" in out:
+            out["val/shape_dice"] = out["val/seg_dice"]
     net.train()
     return out

@@ -147,7 +147,9 @@ def train_unet(
             total += value
             bar.step(epoch, i + 1, value)
         train_time = time.perf_counter() - t0
+        t1 = time.perf_counter()
         _, val = _validate(model, data.val, device, config.precision, "val")
+        val_time = time.perf_counter() - t1
         if val["val/iou"] > best_iou:
             best_iou, bad_epochs = val["val/iou"], 0
             best_state = copy.deepcopy(model.state_dict())
@@ -158,6 +160,8 @@ def train_unet(
             **val,
             "val/best_iou": best_iou,
             "train/images_per_s": data.steps * data.batch_size / max(train_time, 1e-9),
+            "time/train_s": train_time,
+            "time/val_s": val_time,
             "epoch": epoch + 1,
         }
         tracker.log_metrics(metrics, step=epoch + 1)
@@ -173,7 +177,7 @@ def train_unet(
 
     # Final evaluation with the best weights on patients never used for training or selection.
     model.load_state_dict(best_state)
-    torch.save({"kind": "unet_weights", "model": best_state, "config": config.model_dump(mode="json")}, workdir / "best.pt")
+    common.atomic_torch_save({"kind": "unet_weights", "model": best_state, "config": config.model_dump(mode="json")}, workdir / "best.pt")
     final = dict(metrics)
     if len(data.test):
         rows, test = _validate(model, data.test, device, config.precision, "test")

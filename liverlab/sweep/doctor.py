@@ -1,0 +1,464 @@
+"""``liverlab doctor``: is this Ray cluster ready to run a sweep?
+
+A sweep on a cluster silently assumes things that hold on one machine: that
+every node sees the sweep storage (Tune's checkpoints, the pipeline cache,
+the SQLite file), the data, the same code, and the tracking server. When one
+of them does not hold, trials fail minutes later on one node with an error
+that does not name the cause. The doctor checks them up front, **from every
+node**: a tiny task (no CPU asked, so a busy cluster still answers) is pinned
+to each alive node with ``NodeAffinitySchedulingStrategy``.
+
+Storage is checked by exchanging files, not by ``os.path.exists``: a path
+that exists on every node may still be a different local folder on each.
+The driver writes a token file into ``<storage>/.liverlab-doctor/<uuid>``;
+every node must see that folder and the driver's token, write its own file,
+and (second round) read back every other node's file; the driver reads back
+the nodes' files too. The same token exchange checks the folder of a SQLite
+tracking store; an HTTP tracking server must answer ``GET /health`` from
+every node.
+
+``quick_check`` is the cheap part (resources, storage, tracking; no version
+or data probes), run by ``liverlab sweep`` on multi-node clusters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import socket
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import ray
+
+from liverlab.errors import LiverlabError
+
+OK, WARN, FAIL = "OK", "WARN", "FAIL"
+PROBE_ROOT = ".liverlab-doctor"
+DRIVER_FILE = "driver.token"
+_DB_PORTS = {"postgresql": 5432, "postgres": 5432, "mysql": 3306, "mssql": 1433}
+
+
+@dataclass(frozen=True)
+class Check:
+    """One line of the doctor's table."""
+
+    check: str
+    where: str
+    verdict: str
+    detail: str
+
+    def line(self) -> str:
+        return f"{self.verdict} {self.check} [{self.where}]: {self.detail}"
+
+
+# ----------------------------------------------------------------------------- node side
+# These functions run inside Ray tasks on every node; they return plain facts
+# (dicts) and the driver judges them, so the verdict logic lives in one place.
+
+
+def _node_file(node_id: str) -> str:
+    return f"node-{node_id}.token"
+
+
+def _probe(spec: dict[str, Any]) -> dict[str, Any]:
+    """Phase 1 on one node: storage write + driver token, tracking, data, versions."""
+    out: dict[str, Any] = {"node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname()}
+    if spec.get("probe_dir"):
+        out["storage"] = _storage_write(Path(spec["probe_dir"]), spec["token"], out["node_id"])
+    if spec.get("tracking"):
+        out["tracking"] = _tracking_probe(spec["tracking"], spec.get("tracking_token"))
+    if spec.get("data"):
+        out["data"] = _data_fingerprint(Path(spec["data"]))
+    if spec.get("versions"):
+        out["versions"] = _versions()
+    return out
+
+
+def _storage_write(probe: Path, token: str, node_id: str) -> dict[str, Any]:
+    storage = probe.parent.parent
+    if not storage.is_dir():
+        return {"ok": False, "error": f"{storage} does not exist on this node"}
+    if not probe.is_dir():  # never create it: that would hide a node-local folder
+        return {"ok": False, "error": f"the driver's probe folder {probe} is not visible here: "
+                                      f"{storage} on this node is not the driver's folder (not shared)"}
+    try:
+        mine = probe / _node_file(node_id)
+        mine.write_text(f"{token}:{node_id}")
+        if mine.read_text() != f"{token}:{node_id}":
+            return {"ok": False, "error": f"wrote {mine} but read back something else"}
+    except OSError as exc:
+        return {"ok": False, "error": f"cannot write in {probe}: {exc}"}
+    try:
+        seen = (probe / DRIVER_FILE).read_text()
+    except OSError as exc:
+        return {"ok": False, "error": f"cannot read the driver's file: {exc}"}
+    if seen != f"{token}:driver":
+        return {"ok": False, "error": "the driver's file has other content here (another folder of the same name?)"}
+    return {"ok": True}
+
+
+def _peers(probe_dir: str, token: str, node_ids: list[str]) -> list[str]:
+    """Phase 2 on one node (and on the driver): which nodes' files are *not* visible."""
+    probe = Path(probe_dir)
+    missing = []
+    for nid in node_ids:
+        try:
+            if (probe / _node_file(nid)).read_text() != f"{token}:{nid}":
+                missing.append(nid)
+        except OSError:
+            missing.append(nid)
+    return missing
+
+
+def _tracking_probe(target: dict[str, Any], token: str | None) -> dict[str, Any]:
+    """Can this process reach the tracking store the trials will write to?"""
+    kind = target["kind"]
+    if kind == "http":
+        import urllib.request
+
+        url = target["uri"].rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310 - the user's own server
+                body = resp.read(200).decode(errors="replace").strip()
+                return {"ok": resp.status == 200, "detail": f"GET {url}: {resp.status} {body[:40]}"}
+        except Exception as exc:  # any failure is the finding, not a crash
+            return {"ok": False, "detail": f"GET {url}: {type(exc).__name__}: {exc}"}
+    if kind == "folder":
+        path = Path(target["folder"]) / target["token_file"]
+        try:
+            ok = path.read_text() == token
+            return {"ok": ok, "detail": f"reads the driver's file in {path.parent}" if ok
+                    else f"{path} has other content here (not the driver's folder)"}
+        except OSError:
+            return {"ok": False, "detail": f"does not see the driver's file {path}: "
+                                           f"{path.parent} is not shared with the driver"}
+    if kind == "tcp":
+        try:
+            with socket.create_connection((target["host"], target["port"]), timeout=10):
+                return {"ok": True, "detail": f"TCP {target['host']}:{target['port']} reachable"}
+        except OSError as exc:
+            return {"ok": False, "detail": f"TCP {target['host']}:{target['port']}: {exc}"}
+    return {"ok": None, "detail": f"{target['uri']}: scheme not checked"}
+
+
+def _data_fingerprint(path: Path) -> dict[str, Any]:
+    """Exists? And a cheap digest of its layout (names two levels deep, dataset.json bytes)."""
+    if not path.is_dir():
+        return {"ok": False, "detail": f"{path} is not a folder on this node"}
+    h = hashlib.sha256()
+    count = 0
+    for top in sorted(path.iterdir()):
+        h.update(top.name.encode())
+        if top.is_dir():
+            for sub in sorted(top.iterdir())[:2000]:
+                h.update(sub.name.encode())
+                count += 1
+                if sub.name == "dataset.json":
+                    h.update(sub.read_bytes())
+    return {"ok": True, "digest": h.hexdigest()[:16], "entries": count}
+
+
+def _code_hash() -> str:
+    """Digest of liverlab's own sources: same version string, different code, is caught too."""
+    import liverlab
+
+    root = Path(liverlab.__file__).parent
+    h = hashlib.sha256()
+    for f in sorted(root.rglob("*.py")):
+        h.update(str(f.relative_to(root)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def _versions() -> dict[str, Any]:
+    import torch
+
+    import liverlab
+
+    return {
+        "liverlab": liverlab.__version__, "code": _code_hash(), "torch": torch.__version__,
+        "python": sys.version.split()[0], "ray": ray.__version__, "cuda_devices": torch.cuda.device_count(),
+    }
+
+
+# ----------------------------------------------------------------------------- driver side
+
+
+def alive_nodes() -> list[dict[str, Any]]:
+    return [n for n in ray.nodes() if n.get("Alive")]
+
+
+def _node_name(node: dict[str, Any]) -> str:
+    head = ", head" if "node:__internal_head__" in node.get("Resources", {}) else ""
+    return f"node {node['NodeID'][:8]} ({node.get('NodeManagerAddress', '?')}{head})"
+
+
+def cluster_checks(address: str | None = None) -> list[Check]:
+    """Nodes, CPUs and GPUs as Ray reports them."""
+    nodes = ray.nodes()
+    alive = [n for n in nodes if n.get("Alive")]
+    cpus = sum(n["Resources"].get("CPU", 0.0) for n in alive)
+    gpus = sum(n["Resources"].get("GPU", 0.0) for n in alive)
+    where = address or os.environ.get("RAY_ADDRESS") or "local"
+    verdict = OK if cpus > 0 else FAIL
+    checks = [Check("ray", "cluster", verdict,
+                    f"{len(alive)} node(s) alive, {cpus:g} CPU, {gpus:g} GPU (address {where}, ray {ray.__version__})"
+                    + ("" if cpus else ": no CPUs, no trial can run"))]
+    for n in alive:
+        r = n["Resources"]
+        checks.append(Check("node", _node_name(n), OK, f"{r.get('CPU', 0):g} CPU, {r.get('GPU', 0):g} GPU, "
+                                                      f"{r.get('memory', 0) / 2**30:.1f} GiB memory"))
+    dead = len(nodes) - len(alive)
+    if dead:
+        checks.append(Check("node", "cluster", WARN, f"{dead} dead node(s) (removed or lost); ignored"))
+    return checks
+
+
+def _tracking_target(uri: str, probe_token: str) -> tuple[dict[str, Any], Path | None]:
+    """How each node checks ``uri``; for folder stores, the token file the driver writes."""
+    from liverlab.tracking.writer import sqlite_path
+
+    parsed = urlparse(uri)
+    scheme = parsed.scheme.split("+")[0]
+    if scheme in ("http", "https"):
+        return {"kind": "http", "uri": uri}, None
+    folder: Path | None = None
+    if scheme == "sqlite":
+        db = sqlite_path(uri)
+        folder = db.parent if db is not None else None
+    elif scheme in ("", "file"):
+        folder = Path(parsed.path if scheme else uri)
+    if folder is not None:
+        token_file = f"{PROBE_ROOT}-{probe_token[:12]}.token"
+        return {"kind": "folder", "uri": uri, "folder": str(folder), "token_file": token_file}, folder / token_file
+    if scheme in _DB_PORTS and parsed.hostname:
+        return {"kind": "tcp", "uri": uri, "host": parsed.hostname, "port": parsed.port or _DB_PORTS[scheme]}, None
+    return {"kind": "other", "uri": uri}, None
+
+
+def _pinned(fn: Any, node_id: str) -> Any:
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    # num_cpus=0: the probe must run even while trials hold every CPU of the node.
+    return ray.remote(num_cpus=0, max_retries=0)(fn).options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False))
+
+
+def _gather(refs: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+    """node id -> result, or an Exception (task error or no answer in time)."""
+    ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout_s)
+    done = set(ready)
+    out: dict[str, Any] = {}
+    for nid, ref in refs.items():
+        if ref not in done:
+            ray.cancel(ref, force=True)
+            out[nid] = TimeoutError(f"no answer in {timeout_s:g} s (node busy or unreachable)")
+            continue
+        try:
+            out[nid] = ray.get(ref)
+        except Exception as exc:  # e.g. liverlab not importable there: that is a finding
+            cause = getattr(exc, "cause", None) or exc
+            out[nid] = RuntimeError(f"{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}")
+    return out
+
+
+def probe_nodes(storage: str | None, tracking_uri: str | None, data: str | None = None,
+                versions: bool = False, timeout_s: float = 60.0) -> list[Check]:
+    """The per-node checks (storage, tracking, data, versions), one task per alive node."""
+    nodes = alive_nodes()
+    names = {n["NodeID"]: _node_name(n) for n in nodes}
+    gpus = {n["NodeID"]: n["Resources"].get("GPU", 0.0) for n in nodes}
+    token = uuid.uuid4().hex
+    checks: list[Check] = []
+    spec: dict[str, Any] = {"token": token, "data": data, "versions": versions}
+    probe: Path | None = None
+    cleanup: list[Path] = []
+    if storage and "://" in storage:
+        checks.append(Check("storage", "driver", FAIL, f"{storage}: URI storage is not supported yet; "
+                                                       "use a shared POSIX path (NFS) mounted on every node"))
+    elif storage:
+        root = Path(os.path.abspath(os.path.expanduser(storage)))  # not resolve(): nodes see the path, not the link
+        probe = root / PROBE_ROOT / token[:12]
+        try:
+            probe.mkdir(parents=True)
+            cleanup.append(probe)
+            (probe / DRIVER_FILE).write_text(f"{token}:driver")
+            spec["probe_dir"] = str(probe)
+        except OSError as exc:
+            checks.append(Check("storage", "driver", FAIL, f"cannot write {probe}: {exc}"))
+            probe = None
+    if tracking_uri:
+        target, token_file = _tracking_target(tracking_uri, token)
+        if token_file is not None:
+            try:
+                token_file.parent.mkdir(parents=True, exist_ok=True)
+                token_file.write_text(token)
+                cleanup.append(token_file)
+            except OSError as exc:
+                checks.append(Check("tracking", "driver", FAIL, f"cannot write {token_file}: {exc}"))
+        spec.update(tracking=target, tracking_token=token)
+        tr = _tracking_probe(target, token)
+        checks.append(Check("tracking", "driver", WARN if tr["ok"] is None else (OK if tr["ok"] else FAIL), tr["detail"]))
+    driver: dict[str, Any] = {}
+    if data:
+        driver["data"] = _data_fingerprint(Path(data))
+        d = driver["data"]
+        checks.append(Check("data", "driver", OK if d["ok"] else FAIL,
+                            f"{data}: {d['entries']} entries" if d["ok"] else d["detail"]))
+    if versions:
+        driver["versions"] = v = _versions()
+        checks.append(Check("versions", "driver", OK, f"liverlab {v['liverlab']} (code {v['code']}), "
+                                                      f"torch {v['torch']}, python {v['python']}, ray {v['ray']}"))
+    first: dict[str, Any] = {}
+    peers: dict[str, Any] = {}
+    writers: list[str] = []
+    try:
+        first = _gather({nid: _pinned(_probe, nid).remote(spec) for nid in names}, timeout_s)
+        writers = [nid for nid, r in first.items() if isinstance(r, dict) and r.get("storage", {}).get("ok")]
+        if probe is not None and writers:
+            # Second round: every node (and the driver) reads back what the others wrote.
+            peers = _gather({nid: _pinned(_peers, nid).remote(str(probe), token, writers) for nid in writers}, timeout_s)
+            missing = _peers(str(probe), token, writers)
+            checks.append(Check("storage", "driver", FAIL if missing else OK,
+                                f"wrote {probe.parent.parent}; reads the files of {len(writers) - len(missing)}"
+                                f"/{len(writers)} node(s)"
+                                + (f"; missing: {', '.join(names[m] for m in missing)}" if missing else "")))
+        elif probe is not None:
+            checks.append(Check("storage", "driver", OK, f"wrote and read {probe.parent.parent}; no node sees it"))
+    finally:
+        for path in cleanup:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        if probe is not None:
+            try:
+                probe.parent.rmdir()  # .liverlab-doctor, unless another doctor runs right now
+            except OSError:
+                pass
+    for nid, res in first.items():
+        checks.extend(_judge(names[nid], res, peers.get(nid), names, len(writers), gpus[nid], driver, spec))
+    order = {"storage": 0, "tracking": 1, "data": 2, "versions": 3, "probe": 4}
+    return sorted(checks, key=lambda c: (order.get(c.check, 9), c.where != "driver"))
+
+
+def _judge(name: str, res: Any, peer_missing: Any, names: dict[str, str], n_writers: int, gpus: float,
+           driver: dict[str, Any], spec: dict[str, Any]) -> list[Check]:
+    """Verdicts for one node's facts (the driver's facts are the reference)."""
+    if isinstance(res, Exception):
+        return [Check("probe", name, FAIL, f"the probe task failed: {res}")]
+    out: list[Check] = []
+    if "storage" in res:
+        st = res["storage"]
+        if not st["ok"]:
+            out.append(Check("storage", name, FAIL, st["error"]))
+        elif isinstance(peer_missing, Exception):
+            out.append(Check("storage", name, FAIL, f"second round failed: {peer_missing}"))
+        elif peer_missing:
+            out.append(Check("storage", name, FAIL, "does not see the files of " + ", ".join(names[m] for m in peer_missing)))
+        else:
+            out.append(Check("storage", name, OK, f"wrote its file; reads the driver's and {n_writers - 1} other "
+                                                  "node(s)' files"))
+    if "tracking" in res:
+        tr = res["tracking"]
+        out.append(Check("tracking", name, WARN if tr["ok"] is None else (OK if tr["ok"] else FAIL), tr["detail"]))
+    if spec.get("data"):
+        mine, ref = res.get("data") or {}, driver.get("data") or {}
+        if not mine.get("ok"):
+            out.append(Check("data", name, FAIL, mine.get("detail", "no answer")))
+        elif ref.get("ok") and mine["digest"] != ref["digest"]:
+            out.append(Check("data", name, WARN, f"{spec['data']}: differs from the driver's copy (layout digest)"))
+        else:
+            out.append(Check("data", name, OK, f"{spec['data']}: {mine['entries']} entries, same layout as the driver"))
+    if spec.get("versions"):
+        out.append(_judge_versions(name, res["versions"], driver["versions"], gpus))
+    return out
+
+
+def _judge_versions(name: str, mine: dict[str, Any], ref: dict[str, Any], gpus: float) -> Check:
+    text = f"liverlab {mine['liverlab']} (code {mine['code']}), torch {mine['torch']}, python {mine['python']}"
+    bad = [k for k in ("liverlab", "torch", "python") if mine[k] != ref[k]]
+    if bad:
+        return Check("versions", name, FAIL, text + "; the driver has " + ", ".join(f"{k} {ref[k]}" for k in bad))
+    if gpus > 0 and mine["cuda_devices"] == 0:
+        return Check("versions", name, WARN, text + f"; Ray offers {gpus:g} GPU but torch sees none (CPU build?)")
+    if mine["code"] != ref["code"]:
+        return Check("versions", name, WARN, text + f"; liverlab sources differ from the driver's ({ref['code']})")
+    return Check("versions", name, OK, text + " (same as the driver)")
+
+
+def tracking_notes(tracking_uri: str | None, n_nodes: int) -> list[Check]:
+    """Advice that does not need a probe: SQLite is a one-machine store."""
+    if tracking_uri and tracking_uri.startswith("sqlite:") and n_nodes > 1:
+        return [Check("tracking", "cluster", WARN, "SQLite on a multi-node cluster: every node writes one file over "
+                                                   "the shared folder; use an `mlflow server` (docs/cluster.md)")]
+    return []
+
+
+def run_doctor(address: str | None = None, storage: str | None = None, tracking_uri: str | None = None,
+               data: str | None = None, timeout_s: float = 60.0) -> list[Check]:
+    """Every check, in table order (connects to ``address`` or $RAY_ADDRESS, else a local Ray)."""
+    from liverlab.sweep.runner import connect
+
+    connect(address)
+    checks = cluster_checks(address)
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or None
+    checks += probe_nodes(storage, uri, data, versions=True, timeout_s=timeout_s)
+    if not uri:
+        checks.append(Check("tracking", "cluster", WARN if len(alive_nodes()) > 1 else OK,
+                            "no --tracking-uri: sweeps default to SQLite in the sweep folder (covered by the storage "
+                            "check); a cluster wants an `mlflow server` (docs/cluster.md)"))
+    return checks + tracking_notes(uri, len(alive_nodes()))
+
+
+def quick_check(storage: str, tracking_uri: str | None, timeout_s: float = 60.0) -> list[Check]:
+    """The sweep's preflight: resources + storage + tracking from every node; raises on any FAIL.
+
+    Skipped (returns []) on a single node, where the driver's disk is the
+    nodes' disk. Version and data probes are left to ``liverlab doctor``.
+    """
+    if len(alive_nodes()) <= 1:
+        return []
+    checks = cluster_checks() + probe_nodes(storage, tracking_uri, versions=False, timeout_s=timeout_s)
+    checks += tracking_notes(tracking_uri, len(alive_nodes()))
+    fails = [c.line() for c in checks if c.verdict == FAIL]
+    if fails:
+        raise LiverlabError("the cluster is not ready for this sweep (run `liverlab doctor` for details): "
+                            + "; ".join(fails))
+    for c in checks:
+        if c.verdict == WARN:
+            print(f"liverlab: warning: {c.line()}", file=sys.stderr)
+    return checks
+
+
+def render(checks: list[Check], file: Any = None) -> None:
+    """The rich table and a one-line verdict."""
+    from rich.console import Console
+    from rich.table import Table
+
+    style = {OK: "green", WARN: "yellow", FAIL: "bold red"}
+    table = Table(title="liverlab doctor")
+    for col in ("check", "where", "verdict", "detail"):
+        table.add_column(col, overflow="fold")
+    for c in checks:
+        table.add_row(c.check, c.where, f"[{style[c.verdict]}]{c.verdict}[/]", c.detail)
+    out = file or sys.stdout
+    console = Console(file=out, width=None if out.isatty() else 160)
+    console.print(table)
+    n = {v: sum(c.verdict == v for c in checks) for v in (OK, WARN, FAIL)}
+    console.print(f"{n[FAIL]} FAIL, {n[WARN]} WARN, {n[OK]} OK: "
+                  + ("[bold red]NOT ready[/]" if n[FAIL] else "[green]ready[/] for `liverlab sweep`"))
+
+
+def doctor_main(address: str | None, storage: str | None, tracking_uri: str | None, data: str | None,
+                timeout_s: float = 60.0) -> int:
+    """``liverlab doctor``: print the table; exit code 1 on any FAIL."""
+    checks = run_doctor(address, storage, tracking_uri, data, timeout_s)
+    render(checks)
+    return 1 if any(c.verdict == FAIL for c in checks) else 0

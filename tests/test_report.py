@@ -1,0 +1,260 @@
+"""The report on a store with known values, checked against numpy/scipy computed here independently."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from PIL import Image
+from scipy import stats as sps
+from test_report_fixtures import (
+    CYCLEGAN_IOU,
+    ESSNET_IOU,
+    NONE_IOU,
+    PATIENTS,
+    KnownStore,
+    dice_of,
+    fresh_uri,
+    known_store,
+    patient_iou,
+)
+
+from liverlab.cli import main as cli_main
+from liverlab.errors import LiverlabError
+from liverlab.report import stats
+from liverlab.report.markdown import make_report
+from liverlab.tracking.reader import list_artifacts
+from liverlab.tracking.writer import finish_sweep_run, open_sweep_run, open_trial_run
+
+FIGURES = ("iou_vs_mixing_ratio", "iou_distributions", "shape_preservation", "learning_curves")
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[KnownStore, Path]:
+    store = known_store()
+    out = tmp_path_factory.mktemp("rep") / "report"
+    rc = cli_main(["report", str(store.sweep_dir), "--out", str(out)])
+    assert rc == 0
+    return store, out
+
+
+def _t_ci(x: list[float]) -> tuple[float, float]:
+    a = np.asarray(x)
+    return sps.t.interval(0.95, a.size - 1, loc=a.mean(), scale=sps.sem(a))
+
+
+def test_per_arm_means_and_intervals(report: tuple[KnownStore, Path]) -> None:
+    _, out = report
+    summary = pl.read_csv(out / "summary.csv")
+    for arm, values in (("synthesis=none", NONE_IOU), ("synthesis=essnet", ESSNET_IOU),
+                        ("synthesis=cyclegan", CYCLEGAN_IOU)):
+        for metric, vals in (("iou", values), ("dice", [dice_of(v) for v in values])):
+            row = summary.filter((pl.col("arm") == arm) & (pl.col("metric") == metric)).row(0, named=True)
+            x = np.asarray(vals)
+            assert row["n"] == x.size
+            assert row["source"] == "test"
+            assert row["mean"] == pytest.approx(x.mean(), abs=1e-12)  # the worse extra Optuna sample is set aside
+            assert row["sd"] == pytest.approx(x.std(ddof=1), abs=1e-12)
+            lo, hi = _t_ci(vals)
+            assert (row["t_lo"], row["t_hi"]) == (pytest.approx(lo, abs=1e-12), pytest.approx(hi, abs=1e-12))
+            # An independent bootstrap (other seed): percentile bounds agree to Monte Carlo error.
+            rng = np.random.default_rng(12345)
+            means = x[rng.integers(0, x.size, size=(20000, x.size))].mean(axis=1)
+            blo, bhi = np.percentile(means, [2.5, 97.5])
+            assert row["boot_lo"] == pytest.approx(blo, abs=0.004)
+            assert row["boot_hi"] == pytest.approx(bhi, abs=0.004)
+            assert row["boot_lo"] >= x.min() - 1e-12 and row["boot_hi"] <= x.max() + 1e-12
+
+
+def test_paired_differences_against_baseline(report: tuple[KnownStore, Path]) -> None:
+    _, out = report
+    comps = pl.read_csv(out / "comparisons.csv")
+    for arm, values in (("synthesis=essnet", ESSNET_IOU), ("synthesis=cyclegan", CYCLEGAN_IOU)):
+        a = np.asarray(values) * 100
+        b = np.asarray(NONE_IOU[: len(values)]) * 100  # shared seeds only
+        d = a - b
+        row = comps.filter((pl.col("arm") == arm) & (pl.col("metric") == "iou") & (pl.col("level") == "seed")).row(
+            0, named=True)
+        assert row["baseline"] == "synthesis=none" and row["unit"] == "points"
+        assert row["n"] == len(values)
+        assert row["mean_diff"] == pytest.approx(d.mean(), abs=1e-9)
+        lo, hi = sps.t.interval(0.95, d.size - 1, loc=d.mean(), scale=sps.sem(d))
+        assert row["t_lo"] == pytest.approx(lo, abs=1e-9) and row["t_hi"] == pytest.approx(hi, abs=1e-9)
+        assert row["t_p"] == pytest.approx(sps.ttest_rel(a, b).pvalue, rel=1e-6)
+        assert row["w_p"] == pytest.approx(sps.wilcoxon(np.round(d, 10)).pvalue, rel=1e-6)
+        assert row["d_z"] == pytest.approx(d.mean() / d.std(ddof=1), rel=1e-6)
+    essnet = comps.filter((pl.col("arm") == "synthesis=essnet") & (pl.col("metric") == "iou")
+                          & (pl.col("level") == "seed")).row(0, named=True)
+    assert essnet["mean_diff"] == pytest.approx(2.4)
+    assert "smallest two-sided Wilcoxon p is 0.0625" in essnet["note"]  # n = 5 cannot reach 0.05
+
+
+def test_paired_differences_over_patients(report: tuple[KnownStore, Path]) -> None:
+    _, out = report
+    comps = pl.read_csv(out / "comparisons.csv")
+    row = comps.filter((pl.col("arm") == "synthesis=essnet") & (pl.col("metric") == "iou")
+                       & (pl.col("level") == "seed x patient")).row(0, named=True)
+    a = np.array([v for s in range(5) for v in patient_iou(0.03, s)]) * 100
+    b = np.array([v for s in range(5) for v in patient_iou(0.0, s)]) * 100
+    d = np.round(a - b, 10)
+    assert row["n"] == 5 * len(PATIENTS)
+    assert row["mean_diff"] == pytest.approx(d.mean(), abs=1e-9)
+    assert row["t_p"] == pytest.approx(sps.ttest_rel(a, b).pvalue, rel=1e-6)
+    assert row["w_p"] == pytest.approx(sps.wilcoxon(d).pvalue, rel=1e-6)
+    assert row["d_z"] == pytest.approx(d.mean() / d.std(ddof=1), rel=1e-6)
+
+
+def test_report_markdown_names_baseline_and_n(report: tuple[KnownStore, Path]) -> None:
+    store, out = report
+    md = (out / "report.md").read_text()
+    assert "baseline `synthesis=none`" in md
+    assert "Sweep `known`" in md and "`abc123`" in md and "`m123`" in md
+    assert "| training data | images | Dice | IoU |" in md
+    assert "| real + EssNet | 350 real + 714 synthetic | 0.9034 | 0.8240 |" in md
+    assert "| real only | 350 real | 0.8888 | 0.8000 |" in md
+    assert "- **real + EssNet vs real only**: +2.40 IoU points, 95 % CI [" in md
+    assert "n = 5 seeds" in md and "n = 3 seeds" in md and "n = 20 (seed, patient) pairs" in md
+    assert "1 extra Optuna samples set aside" in md and "1 failed" in md
+    # Every per-arm interval row carries its n.
+    rows = [line for line in md.splitlines() if line.startswith("| real") and "CI" not in line and "[" in line]
+    assert rows and all(line.split("|")[4].strip() in ("3", "5") for line in rows)
+    for name in FIGURES + ("translation_panel",):
+        assert f"]({name}.png)" in md
+
+
+def test_figures_are_pngs_of_the_fixed_size(report: tuple[KnownStore, Path]) -> None:
+    store, out = report
+    for name in FIGURES:
+        path = out / f"{name}.png"
+        assert path.stat().st_size > 5000, name
+        with Image.open(path) as im:
+            assert im.format == "PNG" and im.size == (800, 500), name
+    # The translation panel is the last panel of the best EssNet run (seed 3: test IoU 0.85).
+    with Image.open(out / "translation_panel.png") as im:
+        px = np.asarray(im)
+    assert px.shape == (20, 60) and int(px[0, 0]) == 10 * 3 + 2
+    assert store.run_ids[("synthesis=essnet", 3)] in (out / "report.md").read_text()
+
+
+def test_results_tables_and_parent_artifacts(report: tuple[KnownStore, Path]) -> None:
+    store, out = report
+    results = pl.read_parquet(out / "results.parquet")
+    assert results.height == 15 and results["selected"].sum() == 13
+    assert results["run_id"].n_unique() == 15
+    assert store.extra_run_id not in results.filter(pl.col("selected"))["run_id"].to_list()
+    assert pl.read_csv(out / "results.csv").height == 15
+    logged = list_artifacts(store.uri, store.parent_run_id, "report")
+    assert "report/report.md" in logged and "report/iou_distributions.png" in logged
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".report.")]  # no temp folders left
+
+
+def test_baseline_override_and_unknown_baseline(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store = known_store()
+    md = make_report(store.uri, parent_run_id=store.parent_run_id, baseline="synthesis=cyclegan",
+                     out=tmp_path / "r", n_boot=200, log_to_parent=False)
+    text = md.read_text()
+    assert "baseline `synthesis=cyclegan` (chosen with --baseline)" in text
+    comps = pl.read_csv(tmp_path / "r" / "comparisons.csv")
+    row = comps.filter((pl.col("arm") == "synthesis=essnet") & (pl.col("metric") == "iou")
+                       & (pl.col("level") == "seed")).row(0, named=True)
+    assert row["n"] == 3 and row["mean_diff"] == pytest.approx((np.array(ESSNET_IOU[:3]) - CYCLEGAN_IOU).mean() * 100)
+    rc = cli_main(["report", str(store.sweep_dir), "--baseline", "synthesis=nope", "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "synthesis=nope" in err and "synthesis=none" in err and "synthesis=essnet" in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_report_by_experiment_name(tmp_path: Path) -> None:
+    store = known_store()
+    rc = cli_main(["report", "known", "--tracking-uri", store.uri, "--out", str(tmp_path / "r"), "--no-log",
+                   "--bootstrap", "200"])
+    assert rc == 0
+    assert "n = 5 seeds" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_report_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert cli_main(["report", str(tmp_path / "missing" / "dir")]) == 2
+    assert "no such sweep folder" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert cli_main(["report", str(tmp_path / "empty")]) == 2
+    assert "liverlab_sweep.json" in capsys.readouterr().err
+    assert cli_main(["report", "some-experiment"]) == 2
+    assert "--tracking-uri" in capsys.readouterr().err
+
+    uri = fresh_uri(tmp_path / "store")
+    exp_id, parent = open_sweep_run(uri, "bad", {"liverlab.sweep_key": "b"})
+    with pytest.raises(LiverlabError, match="no runs"):
+        make_report(uri, parent_run_id=parent, out=tmp_path / "r1")
+    t = open_trial_run(uri, exp_id, parent, "t", {"liverlab.arm": "synthesis=none", "liverlab.seed": "0"})
+    t.finish("FAILED", error="boom")
+    finish_sweep_run(uri, parent)
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "liverlab_sweep.json").write_text(json.dumps(
+        {"name": "bad", "tracking_uri": uri, "experiment_id": exp_id, "parent_run_id": parent}))
+    assert cli_main(["report", str(sweep)]) == 2
+    assert "no finished runs" in capsys.readouterr().err and not (sweep / "report").exists()
+
+
+def test_failed_write_keeps_the_old_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = known_store()
+    out = tmp_path / "r"
+    make_report(store.uri, parent_run_id=store.parent_run_id, out=out, n_boot=100, log_to_parent=False)
+    before = (out / "report.md").read_text()
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr("liverlab.report.figures.all_figures", boom)
+    with pytest.raises(RuntimeError, match="disk full"):
+        make_report(store.uri, parent_run_id=store.parent_run_id, out=out, n_boot=100, log_to_parent=False)
+    assert (out / "report.md").read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]
+
+
+# ----------------------------------------------------------------------------- stats units
+
+
+def test_paired_test_edge_cases() -> None:
+    one = stats.paired_test(np.array([0.8]), np.array([0.7]))
+    assert one["n"] == 1 and math.isnan(one["t_p"]) and "no interval or test" in one["note"]
+    zeros = stats.paired_test(np.array([0.8, 0.7, 0.9]), np.array([0.8, 0.7, 0.9]), scale=100)
+    assert zeros["mean_diff"] == 0 and math.isnan(zeros["t_p"]) and math.isnan(zeros["w_p"])
+    assert "all differences zero: Wilcoxon undefined" in zeros["note"]
+    equal = stats.paired_test(np.array([0.81, 0.71, 0.91]), np.array([0.8, 0.7, 0.9]), scale=100)
+    assert equal["mean_diff"] == pytest.approx(1.0) and math.isnan(equal["d_z"])
+    assert "all differences equal" in equal["note"] and not math.isnan(equal["w_p"])
+    some_zero = stats.paired_test(np.array([1.0, 2.0, 3.0, 5.0, 9.0, 4.0]), np.array([1.0, 1.0, 1.0, 1.0, 1.0, 1.0]))
+    assert "dropped 1 zero difference" in some_zero["note"]
+    assert some_zero["w_p"] == pytest.approx(sps.wilcoxon([0.0, 1, 2, 4, 8, 3]).pvalue)
+
+
+def test_metric_source_falls_back_to_best_val() -> None:
+    runs = pl.DataFrame({
+        "run_id": ["a", "b", "c"], "arm": ["synthesis=none"] * 3, "seed": [0, 1, 2],
+        "metric.test/iou": [0.8, None, None], "best.val/iou": [0.7, 0.75, 0.72],
+    })
+    vals = stats.metric_values(runs, ["iou"])
+    assert vals["value.iou"].to_list() == [0.8, 0.75, 0.72]
+    assert vals["source.iou"].to_list() == ["test", "best val", "best val"]
+    summary = stats.arm_summary(runs, ["iou"], n_boot=100)
+    assert summary["source"].to_list() == ["best val + test"] and summary["n"].to_list() == [3]
+
+
+def test_select_units_and_arm_helpers() -> None:
+    runs = pl.DataFrame({"run_id": list("abcd"), "arm": ["x=1", "x=1", "x=1", None], "seed": [0, 0, 1, None],
+                         "best.val/iou": [0.5, 0.9, 0.1, 0.3]})
+    units = stats.select_units(runs)
+    assert sorted(units["run_id"].to_list()) == ["b", "c", "d"]
+    assert units.filter(pl.col("run_id") == "d")["arm"][0] == stats.NO_ARM
+    assert stats.arm_factors("synthesis=essnet,unet.mixing_ratio=0.5") == {"synthesis": "essnet",
+                                                                           "unet.mixing_ratio": "0.5"}
+    assert stats.arm_label("synthesis=essnet,unet.mixing_ratio=0.5") == "real + EssNet (mixing ratio 0.5)"
+    assert stats.arm_label("synthesis=none") == "real only"
+    base, note = stats.resolve_baseline(pl.DataFrame({"arm": ["synthesis=essnet"]}), None)
+    assert base is None and "--baseline" in note
