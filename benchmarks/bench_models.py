@@ -264,7 +264,7 @@ def run_cases(
     """
     for case in cases:
         step, flops, images = case.make()
-        iters = auto_iters(step, target_s, lo=2, hi=max_iters)  # this first step is the warm-up
+        iters = auto_iters(step, target_s, lo=3, hi=max_iters)  # this first step is the warm-up
         best: dict[str, float] | None = None
         for attempt in range(retries + 1):
             if attempt:
@@ -296,6 +296,25 @@ def markdown_table(rows: list[tuple[Case, dict[str, float]]], peaks: dict[str, f
             f"{r['foreign_cpu']:.2f} |"
         )
     return head + "\n".join(lines) + "\n"
+
+
+def speedup_table(rows: list[tuple[Case, dict[str, float]]]) -> str:
+    """bf16 over fp32 and channels_last over NCHW, per model and size (img/s ratios)."""
+    rate = {(c.name, c.size, c.precision, c.channels_last): r["images_per_s"] for c, r in rows}
+    keys = sorted({(c.name, c.size) for c, _ in rows}, key=lambda k: (k[0], k[1]))
+    lines = ["| model | size | bf16 / fp32 (NCHW) | channels_last / NCHW (fp32) | channels_last / NCHW (bf16) |",
+             "|---|---|---|---|---|"]
+
+    def ratio(a: tuple[Any, ...], b: tuple[Any, ...]) -> str:
+        return f"{rate[a] / rate[b]:.2f}x" if a in rate and b in rate else "-"
+
+    for name, size in keys:
+        lines.append(
+            f"| {name} | {size}^2 | {ratio((name, size, 'bf16', False), (name, size, 'fp32', False))} | "
+            f"{ratio((name, size, 'fp32', True), (name, size, 'fp32', False))} | "
+            f"{ratio((name, size, 'bf16', True), (name, size, 'bf16', False))} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def write_section(path: Path, body: str) -> None:
@@ -350,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['images_per_s']:7.2f} img/s {r['gflops']:6.0f} GFLOP/s ({r['iters']:.0f} iters)",
             flush=True,
         )
-    table = markdown_table(rows, peaks)
+    table = markdown_table(rows, peaks) + "\nSpeed-ups (img/s ratios of the rows above):\n\n" + speedup_table(rows)
     elapsed = time.perf_counter() - t_start
     header = (
         f"Measured {_dt.date.today().isoformat()} with `python benchmarks/bench_models.py"
@@ -360,11 +379,15 @@ def main(argv: list[str] | None = None) -> int:
         f"**fp32 {peaks['fp32']:.0f} GFLOP/s**, **bf16 {peaks['bf16']:.0f} GFLOP/s**.\n\n"
         "Training step = Adam zero_grad + forward (bf16 rows under `torch.autocast('cpu', bfloat16)`) "
         "+ loss in fp32 + backward + step. Model rows count 3x the forward FLOPs (FlopCounterMode: "
-        "convolutions and matmuls only); the EssNet row counts every pass of one step directly "
+        "convolutions and matmuls only; counting a whole fwd+bwd step agrees within 0.2 %); "
+        "the EssNet row counts every pass of one step directly "
         "(2 generators x 4 passes, S, 2 discriminators x 3 passes, all backwards). "
         "Rates use the median step time. *other load*: average cores that other processes kept busy "
         "during the timed steps (from /proc/stat; rows above 0.2 were re-measured up to twice and the "
-        "least-loaded attempt kept): on this shared machine, a row with load > 0.2 understates the speed.\n\n"
+        "least-loaded attempt kept): on this shared machine, a row with load > 0.2 understates the speed. "
+        "A torch job using all cores slows down far more than its share when another process takes one "
+        "core (its threads wait for each other): give each concurrent job its own cores "
+        "(`torch.set_num_threads`).\n\n"
     )
     print()
     print(table)

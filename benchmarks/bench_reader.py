@@ -55,7 +55,8 @@ def build_store(root: Path, n_runs: int, n_templates: int, epochs: int) -> tuple
     for i in range(n_templates):
         arm = ARMS[i % len(ARMS)]
         synth = arm.split(",")[0].split("=")[1]
-        cfg = config_from_dict({"data": {"root": str(root / "data")}, "stage": "pipeline", "synthesis": synth, "seed": i})
+        cfg = config_from_dict(
+            {"data": {"root": str(root / "data")}, "stage": "pipeline", "synthesis": synth, "seed": i})
         tr = open_trial_run(uri, exp_id, parent, f"t{i:05d}",
                             {"liverlab.arm": arm, "liverlab.seed": str(i), "liverlab.stage": "pipeline"})
         tr.log_params(flatten(cfg.model_dump(mode="json")))

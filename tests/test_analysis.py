@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from scipy import stats as sps
-from test_report_fixtures import ESSNET_IOU, NONE_IOU, known_store
+from report_fixtures import ESSNET_IOU, NONE_IOU, known_store
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = ("compare_sweeps.py", "latex_table.py", "learning_curves.py")

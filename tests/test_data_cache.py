@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_data_helpers import tiny_phantoms
+from data_helpers import tiny_phantoms
 
 from liverlab.data.cache import load_slices, normalise, select_slices
 from liverlab.data.manifest import assign_splits, read_manifest

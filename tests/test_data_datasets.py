@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_data_helpers import tiny_phantoms
+from data_helpers import tiny_phantoms
 from torch.utils.data import ConcatDataset, DataLoader
 
 from liverlab.data.augment import Augment

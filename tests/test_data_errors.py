@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_data_helpers import AFFINE, tiny_phantoms, write_pair
+from data_helpers import AFFINE, tiny_phantoms, write_pair
 
 from liverlab.cli import main
 

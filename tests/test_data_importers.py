@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_data_helpers import write_pair
+from data_helpers import write_pair
 
 from liverlab.data.importers import case_ids_from_names, import_chaos_ct, import_nifti, pair_by_case
 from liverlab.data.manifest import read_manifest

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from test_data_helpers import tiny_phantoms
+from data_helpers import tiny_phantoms
 
 from liverlab.data import manifest as mf
 from liverlab.errors import LiverlabError

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_data_helpers import AFFINE, write_pair
+from data_helpers import AFFINE, write_pair
 
 from liverlab.data.nifti import load_volume, orientation_codes, save_volume, spacing_from_affine
 from liverlab.errors import LiverlabError

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_data_helpers import tiny_phantoms
+from data_helpers import tiny_phantoms
 
 from liverlab.data import phantoms as ph
 from liverlab.data.nifti import load_volume, orientation_codes

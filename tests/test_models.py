@@ -40,7 +40,8 @@ CASES: list[tuple[str, str, dict[str, Any], tuple[int, ...], tuple[int, ...]]] =
     ("unet", "unet", dict(depth=3, base_features=4), (2, 1, 32, 32), (2, 2, 32, 32)),
     ("unet-instance-bilinear", "unet",
      dict(depth=3, base_features=4, norm="instance", upsample="bilinear"), (2, 1, 32, 32), (2, 2, 32, 32)),
-    ("unet-none-dropout", "unet", dict(depth=2, base_features=4, norm="none", dropout=0.2), (2, 1, 16, 16), (2, 2, 16, 16)),
+    ("unet-none-dropout", "unet",
+     dict(depth=2, base_features=4, norm="none", dropout=0.2), (2, 1, 16, 16), (2, 2, 16, 16)),
     ("unet-depth1", "unet", dict(depth=1, base_features=4, out_channels=3), (2, 1, 8, 8), (2, 3, 8, 8)),
     ("unet-3d", "unet", dict(spatial_dims=3, depth=2, base_features=2), (2, 1, 8, 8, 8), (2, 2, 8, 8, 8)),
 ]

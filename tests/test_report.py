@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 from PIL import Image
 from scipy import stats as sps
-from test_report_fixtures import (
+from report_fixtures import (
     CYCLEGAN_IOU,
     ESSNET_IOU,
     NONE_IOU,
@@ -234,6 +234,16 @@ def test_paired_test_edge_cases() -> None:
     assert some_zero["w_p"] == pytest.approx(sps.wilcoxon([0.0, 1, 2, 4, 8, 3]).pvalue)
 
 
+def test_infinite_values_are_counted_not_averaged() -> None:
+    runs = pl.DataFrame({"run_id": list("abc"), "arm": ["synthesis=none"] * 3, "seed": [0, 1, 2],
+                         "metric.test/assd": [1.0, float("inf"), 3.0]})
+    row = stats.arm_summary(runs, ["assd"], n_boot=100).row(0, named=True)
+    assert (row["n"], row["n_inf"], row["mean"]) == (2, 1, 2.0)
+    res = stats.paired_test(np.array([1.0, np.inf, 3.0, 4.0]), np.array([0.5, 1.0, 2.0, 2.0]))
+    assert res["n"] == 3 and res["mean_diff"] == pytest.approx((0.5 + 1 + 2) / 3)
+    assert "1 pair(s) with an infinite value left out" in res["note"]
+
+
 def test_metric_source_falls_back_to_best_val() -> None:
     runs = pl.DataFrame({
         "run_id": ["a", "b", "c"], "arm": ["synthesis=none"] * 3, "seed": [0, 1, 2],
@@ -258,3 +268,15 @@ def test_select_units_and_arm_helpers() -> None:
     assert stats.arm_label("synthesis=none") == "real only"
     base, note = stats.resolve_baseline(pl.DataFrame({"arm": ["synthesis=essnet"]}), None)
     assert base is None and "--baseline" in note
+
+
+def test_known_store_reads_back() -> None:
+    from liverlab.tracking.reader import read_runs
+
+    store = known_store()
+    runs = read_runs(store.uri, "known", parent_run_id=store.parent_run_id)
+    assert runs.height == 5 + 5 + 3 + 2
+    assert sorted(runs["status"].unique().to_list()) == ["FAILED", "FINISHED"]
+    none = runs.filter(pl.col("arm") == "synthesis=none").sort("seed")
+    assert none["metric.test/iou"].to_list() == NONE_IOU
+    assert none["seed"].to_list() == [0, 1, 2, 3, 4]

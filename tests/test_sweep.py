@@ -151,3 +151,25 @@ def test_sigkill_of_the_driver_resumes_with_one_run_per_trial(tmp_path, phantom_
     assert len({c.data.tags["liverlab.trial_id"] for c in children}) == 2
     assert all(c.info.status == "FINISHED" for c in children)
     assert parent.info.status == "FINISHED"
+
+
+def test_exit_code_is_non_zero_when_every_trial_failed(tmp_path, phantom_root, ray_session):
+    space = _write_space(tmp_path, phantom_root, "allfail", set={"data.size": 34})
+    rc = run_sweep(SweepOptions(space=str(space), storage=str(tmp_path / "s"), live=False, report=False))
+    assert rc == 1
+    _, parent, children = _runs(tmp_path / "s" / "allfail")
+    assert [c.info.status for c in children] == ["FAILED"] and parent.info.status == "FAILED"
+
+
+def test_existing_sweep_needs_resume_and_resume_needs_a_sweep(tmp_path, phantom_root, ray_session):
+    space = _write_space(tmp_path, phantom_root, "again")
+    storage = str(tmp_path / "s")
+    with pytest.raises(LiverlabError, match="no sweep state"):
+        run_sweep(SweepOptions(space=str(space), storage=storage, resume=True, live=False, report=False))
+    assert run_sweep(SweepOptions(space=str(space), storage=storage, live=False, report=False)) == 0
+    with pytest.raises(LiverlabError, match="--resume"):
+        run_sweep(SweepOptions(space=str(space), storage=storage, live=False, report=False))
+    # Resuming a finished sweep reruns nothing and keeps one run per trial.
+    assert run_sweep(SweepOptions(space=str(space), storage=storage, resume=True, live=False, report=False)) == 0
+    _, _, children = _runs(tmp_path / "s" / "again")
+    assert len(children) == 1 and children[0].info.status == "FINISHED"

@@ -234,6 +234,20 @@ def test_params_round_trip_with_types(sweep: tuple[str, str, str]) -> None:
     assert r["seed"] == 7 and schema["seed"] == pl.Int64 and r["git_dirty"] is True
 
 
+def test_infinite_metrics_round_trip(sweep: tuple[str, str, str]) -> None:
+    # MLflow's SQL store keeps +-inf as +-max float; an empty mask's ASSD must read back as inf.
+    uri, exp_id, parent = sweep
+    t = open_trial_run(uri, exp_id, parent, "inf", {})
+    t.log_metrics({"test/assd": float("inf"), "test/ravd": float("-inf"), "test/iou": 0.0}, step=1)
+    t.finish()
+    for backend in ("sql", "client"):
+        r = read_runs(uri, "s", parent_run_id=parent, backend=backend).row(0, named=True)
+        assert r["metric.test/assd"] == float("inf") and r["best.test/assd"] == float("inf"), backend
+        assert r["metric.test/ravd"] == float("-inf") and r["metric.test/iou"] == 0.0, backend
+    runs = read_runs(uri, "s", parent_run_id=parent)
+    assert read_histories(uri, runs, ["test/assd"])["value"].to_list() == [float("inf")]
+
+
 def test_open_run_outside_a_sweep(tmp_path: Path) -> None:
     uri = fresh_uri(tmp_path)
     t = open_run(uri, "single", run_name="one", tags={"liverlab.stage": "unet"})
@@ -316,7 +330,8 @@ def test_read_runs_columns_and_best_direction() -> None:
     assert r["parent_run_id"] == store.parent_run_id
     every = read_runs(store.uri, "known")
     assert every.height == runs.height + 1  # plus the parent
-    only = read_runs(store.uri, "known", parent_run_id=store.parent_run_id, filter_string="attributes.status = 'FAILED'")
+    only = read_runs(store.uri, "known", parent_run_id=store.parent_run_id,
+                     filter_string="attributes.status = 'FAILED'")
     assert only["run_id"].to_list() == [store.failed_run_id]
 
 

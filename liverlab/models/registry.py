@@ -61,6 +61,9 @@ def build_model(name: str, **kwargs: object) -> nn.Module:
         return factory(**kwargs)
     except TypeError as exc:
         # An unexpected keyword is a user error (a config typo), not a bug: make it a ValueError.
+        # Any other TypeError comes from inside the constructor and propagates unchanged.
+        if "unexpected keyword argument" not in str(exc):
+            raise
         raise ValueError(f"model {name!r}: {exc}") from None
 
 

@@ -204,10 +204,11 @@ def learning_curves(hist: pl.DataFrame, runs: pl.DataFrame, path: Path, key: str
 
 
 def translation_panel(uri: str, units: pl.DataFrame, path: Path, metric: str = "iou") -> tuple[Path, str]:
-    """Copy the last ``panels/*.png`` of the best EssNet run (highest metric) to ``path``.
+    """Copy the last ``panels/essnet_*.png`` of the best EssNet run (highest metric) to ``path``.
 
     Returns (path, run_id). Tries EssNet runs in order of the metric until one
-    has a panel.
+    has a translation panel (a trial that reused a cached translator may have
+    none; ``panels/unet_*.png`` are segmentation panels, not translations).
     """
     from liverlab.tracking.reader import download_artifact, list_artifacts
 
@@ -217,7 +218,8 @@ def translation_panel(uri: str, units: pl.DataFrame, path: Path, metric: str = "
         raise SkipFigure("no EssNet run")
     cands = cands.sort(f"value.{metric}", descending=True, nulls_last=True)
     for run_id in cands["run_id"].to_list():
-        pngs = [p for p in list_artifacts(uri, run_id, "panels", runs=units) if p.lower().endswith(".png")]
+        pngs = [p for p in list_artifacts(uri, run_id, "panels", runs=units)
+                if p.lower().endswith(".png") and Path(p).name.startswith("essnet")]
         if not pngs:
             continue
         tmp = path.parent / f".panel-{run_id}"
@@ -225,9 +227,10 @@ def translation_panel(uri: str, units: pl.DataFrame, path: Path, metric: str = "
         if got is None:
             continue
         shutil.move(str(got), path)
+        path.chmod(0o644)  # the copied artifact may carry a private temp file's mode
         shutil.rmtree(tmp, ignore_errors=True)
         return path, run_id
-    raise SkipFigure("no EssNet run has a panels/*.png artifact")
+    raise SkipFigure("no EssNet run has a panels/essnet_*.png artifact")
 
 
 def all_figures(

@@ -82,7 +82,10 @@ def _comparison_sentence(row: dict[str, Any]) -> str:
         amount = f"{_signed(row['mean_diff'], False)} mm {what}"
     else:
         amount = f"{_signed(row['mean_diff'], False)} {what}"
-    level = "seeds" if row["level"] == "seed" else "(seed, patient) pairs"
+    if row["level"] == "seed":
+        level = "seed" if row["n"] == 1 else "seeds"
+    else:
+        level = "(seed, patient) pair" if row["n"] == 1 else "(seed, patient) pairs"
     text = (
         f"{amount}, 95 % CI [{_signed(row['t_lo'], pts)}, {_signed(row['t_hi'], pts)}], "
         f"paired t p = {_p(row['t_p'])}, Wilcoxon p = {_p(row['w_p'])}, d_z = {_f(row['d_z'], 2)}, "
@@ -99,7 +102,8 @@ def _markdown(ctx: dict[str, Any]) -> str:
     L: list[str] = [f"# Sweep report: {ctx['name']}", ""]
     L += ["## What was run", ""]
     L.append(f"- Sweep `{ctx['name']}`; tracking store `{ctx['uri']}`; experiment `{ctx['experiment']}`; "
-             f"parent run `{ctx['parent_run_id'] or 'none'}`" + (f" ({ctx['parent_note']})" if ctx["parent_note"] else ""))
+             f"parent run `{ctx['parent_run_id'] or 'none'}`"
+             + (f" ({ctx['parent_note']})" if ctx["parent_note"] else ""))
     L.append(f"- Runs: {runs.height} (" + ", ".join(f"{counts[s]} {s.lower()}" for s in sorted(counts)) + "); "
              f"statistics use the {ctx['n_finished']} finished runs, one per (arm, seed): "
              f"{units.height} units" + (f" ({ctx['n_finished'] - units.height} extra Optuna samples set aside: "
@@ -129,11 +133,16 @@ def _markdown(ctx: dict[str, Any]) -> str:
                  f"{_f(by.get((a, 'dice'), {}).get('mean'))} | {_f(by.get((a, 'iou'), {}).get('mean'))} |")
     L += ["", "Means over the n units (seeds) of each arm; intervals below.", ""]
     L += ["## Per-arm results", "",
-          "| arm | metric | source | n | mean | SD | 95 % t CI | 95 % bootstrap CI |", "|---|---|---|---|---|---|---|---|"]
+          "| arm | metric | source | n | mean | SD | 95 % t CI | 95 % bootstrap CI |",
+          "|---|---|---|---|---|---|---|---|"]
     for r in summary.iter_rows(named=True):
-        L.append(f"| {stats.arm_label(r['arm'])} | {_NAMES.get(r['metric'], r['metric'])} | {r['source']} | {r['n']} | "
+        n_cell = f"{r['n']}" + (f" (+{r['n_inf']} inf)" if r["n_inf"] else "")
+        L.append(f"| {stats.arm_label(r['arm'])} | {_NAMES.get(r['metric'], r['metric'])} | {r['source']} | {n_cell} | "
                  f"{_f(r['mean'])} | {_f(r['sd'])} | [{_f(r['t_lo'])}, {_f(r['t_hi'])}] | "
                  f"[{_f(r['boot_lo'])}, {_f(r['boot_hi'])}] |")
+    if summary["n_inf"].sum():
+        L += ["", "`+k inf`: k units had an infinite value (a surface distance or RAVD against an empty mask); "
+              "they are left out of the mean and intervals, and out of the paired differences."]
     L += ["", "## Paired comparisons against the baseline", ""]
     if ctx["baseline"] is None:
         L.append(ctx["baseline_note"] + ".")
@@ -206,8 +215,7 @@ def make_report(
     base_arm, base_note = stats.resolve_baseline(units, baseline)
     summary = stats.arm_summary(units, n_boot=n_boot, seed=seed)
     per_patient = read_per_patient(uri, units)
-    comps = stats.paired_comparisons(units, base_arm, per_patient) if base_arm else stats.paired_comparisons(
-        units.head(0), "", None)
+    comps = stats.paired_comparisons(units, base_arm, per_patient)
     parent_tags = read_run_tags(uri, parent_run_id) if parent_run_id else {}
     vals_runs = stats.metric_values(runs)
     vals_units = stats.metric_values(units)
@@ -223,7 +231,8 @@ def make_report(
         selected = set(units["run_id"].to_list())
         results = vals_runs.with_columns(pl.col("run_id").is_in(list(selected)).alias("selected"))
         results.write_parquet(tmp / "results.parquet")
-        results.with_columns(pl.col(pl.Datetime).dt.to_string("%Y-%m-%dT%H:%M:%S%.3fZ")).write_csv(tmp / "results.csv")
+        iso = pl.col(pl.Datetime).dt.to_string("%Y-%m-%dT%H:%M:%S%.3fZ")  # CSV has no datetime type
+        results.with_columns(iso).write_csv(tmp / "results.csv")
         summary.write_csv(tmp / "summary.csv")
         comps.write_csv(tmp / "comparisons.csv")
         ctx = {

@@ -83,7 +83,9 @@ def resolve_baseline(runs: pl.DataFrame, baseline: str | None) -> tuple[str | No
     arms = sorted(runs["arm"].unique().to_list())
     if baseline is not None:
         if baseline not in arms:
-            raise LiverlabError(f"--baseline {baseline!r} is not an arm of this sweep; arms: {', '.join(arms)}")
+            raise LiverlabError(
+                f"--baseline {baseline!r} is not an arm with finished runs in this sweep; arms: {', '.join(arms)}"
+            )
         return baseline, f"baseline `{baseline}` (chosen with --baseline)"
     real_only = [a for a, s in arm_synthesis(runs).items() if s == "none"]
     if not real_only:
@@ -99,10 +101,9 @@ def resolve_baseline(runs: pl.DataFrame, baseline: str | None) -> tuple[str | No
 
 def with_arm(runs: pl.DataFrame) -> pl.DataFrame:
     """Make sure ``arm`` (String) and ``seed`` (Int64) columns exist; missing arms -> '(no arm)'."""
-    exprs = []
-    exprs.append((pl.col("arm") if "arm" in runs.columns else pl.lit(None, dtype=pl.String)).fill_null(NO_ARM).alias("arm"))
-    exprs.append((pl.col("seed") if "seed" in runs.columns else pl.lit(None, dtype=pl.Int64)).cast(pl.Int64).alias("seed"))
-    return runs.with_columns(exprs)
+    arm = pl.col("arm") if "arm" in runs.columns else pl.lit(None, dtype=pl.String)
+    seed = pl.col("seed") if "seed" in runs.columns else pl.lit(None, dtype=pl.Int64)
+    return runs.with_columns(arm.fill_null(NO_ARM).alias("arm"), seed.cast(pl.Int64).alias("seed"))
 
 
 def metric_values(runs: pl.DataFrame, metrics: Sequence[str] = METRICS) -> pl.DataFrame:
@@ -168,13 +169,19 @@ def bootstrap_interval(x: np.ndarray, n_boot: int = 10_000, seed: int = 0, conf:
 
 
 def describe(x: Iterable[float], n_boot: int = 10_000, seed: int = 0) -> dict[str, float | int]:
-    """n, mean, sd (ddof 1), t and bootstrap 95 % intervals of the finite values in ``x``."""
-    arr = np.asarray([v for v in x if v is not None and math.isfinite(v)], dtype=float)
+    """n, n_inf, mean, sd (ddof 1), t and bootstrap 95 % intervals of the finite values in ``x``.
+
+    Infinite values (a surface distance to an empty mask) cannot enter a mean;
+    they are left out and counted in ``n_inf`` so the report can say so.
+    """
+    values = [float(v) for v in x if v is not None and not math.isnan(v)]
+    arr = np.asarray([v for v in values if math.isfinite(v)], dtype=float)
     n = int(arr.size)
     t_lo, t_hi = t_interval(arr)
     b_lo, b_hi = bootstrap_interval(arr, n_boot=n_boot, seed=seed)
     return {
         "n": n,
+        "n_inf": len(values) - n,
         "mean": float(arr.mean()) if n else math.nan,
         "sd": float(arr.std(ddof=1)) if n > 1 else math.nan,
         "t_lo": t_lo,
@@ -187,7 +194,10 @@ def describe(x: Iterable[float], n_boot: int = 10_000, seed: int = 0) -> dict[st
 def arm_summary(
     units: pl.DataFrame, metrics: Sequence[str] = METRICS, n_boot: int = 10_000, seed: int = 0
 ) -> pl.DataFrame:
-    """Long table: arm, metric, source, n, mean, sd, t_lo, t_hi, boot_lo, boot_hi (metric scale, not points)."""
+    """Long table: arm, metric, source, n, n_inf, mean, sd, t_lo, t_hi, boot_lo, boot_hi (metric scale).
+
+    ``n`` counts the finite values the statistics use; ``n_inf`` the infinite ones left out.
+    """
     vals = metric_values(with_arm(units), metrics)
     rows: list[dict[str, Any]] = []
     for arm, group in sorted(vals.group_by("arm"), key=lambda kv: str(kv[0][0])):
@@ -198,8 +208,9 @@ def arm_summary(
             sources = sorted(group[f"source.{m}"].drop_nulls().unique().to_list())
             rows.append({"arm": arm[0], "metric": m, "source": " + ".join(sources),
                          **describe(col.drop_nulls().to_list(), n_boot=n_boot, seed=seed)})
-    schema = {"arm": pl.String, "metric": pl.String, "source": pl.String, "n": pl.Int64, "mean": pl.Float64,
-              "sd": pl.Float64, "t_lo": pl.Float64, "t_hi": pl.Float64, "boot_lo": pl.Float64, "boot_hi": pl.Float64}
+    schema = {"arm": pl.String, "metric": pl.String, "source": pl.String, "n": pl.Int64, "n_inf": pl.Int64,
+              "mean": pl.Float64, "sd": pl.Float64, "t_lo": pl.Float64, "t_hi": pl.Float64,
+              "boot_lo": pl.Float64, "boot_hi": pl.Float64}
     return pl.DataFrame(rows, schema=schema)
 
 
@@ -217,16 +228,19 @@ def paired_test(a: np.ndarray, b: np.ndarray, scale: float = 1.0) -> dict[str, A
 
     a_s = np.asarray(a, dtype=float) * scale
     b_s = np.asarray(b, dtype=float) * scale
+    finite = np.isfinite(a_s) & np.isfinite(b_s)  # inf distances (empty masks) have no difference
+    n_dropped = int((~finite).sum())
+    a_s, b_s = a_s[finite], b_s[finite]
     # Rounded to 1e-10: differences that are equal (or zero) in exact arithmetic must not
     # look different because of float noise (d_z would explode, Wilcoxon would see no ties).
     d = np.round(a_s - b_s, 10)
     n = int(d.size)
-    notes: list[str] = []
+    notes: list[str] = [f"{n_dropped} pair(s) with an infinite value left out"] if n_dropped else []
     out: dict[str, Any] = {"n": n, "mean_diff": float(d.mean()) if n else math.nan, "sd_diff": math.nan,
                            "t_lo": math.nan, "t_hi": math.nan, "t_stat": math.nan, "t_p": math.nan,
                            "w_stat": math.nan, "w_p": math.nan, "d_z": math.nan}
     if n < 2:
-        out["note"] = f"n = {n} pair(s): no interval or test"
+        out["note"] = "; ".join([*notes, f"n = {n} pair(s): no interval or test"])
         return out
     sd = float(d.std(ddof=1))
     out["sd_diff"] = sd
@@ -254,15 +268,19 @@ def paired_test(a: np.ndarray, b: np.ndarray, scale: float = 1.0) -> dict[str, A
 
 def paired_comparisons(
     units: pl.DataFrame,
-    baseline: str,
+    baseline: str | None,
     per_patient: pl.DataFrame | None = None,
     metrics: Sequence[str] = METRICS,
 ) -> pl.DataFrame:
-    """Every other arm against ``baseline``, per metric, paired by seed and by (seed, patient)."""
+    """Every other arm against ``baseline``, per metric, paired by seed and by (seed, patient).
+
+    No baseline (None): an empty table with the same columns.
+    """
     vals = metric_values(with_arm(units), metrics).filter(pl.col("seed").is_not_null())
     base = vals.filter(pl.col("arm") == baseline)
     rows: list[dict[str, Any]] = []
-    for arm in sorted(a for a in vals["arm"].unique().to_list() if a != baseline):
+    arms = sorted(a for a in vals["arm"].unique().to_list() if a != baseline) if baseline is not None else []
+    for arm in arms:
         other = vals.filter(pl.col("arm") == arm)
         for m in metrics:
             scale = 100.0 if m in POINT_METRICS else 1.0
@@ -297,6 +315,7 @@ def welch_difference(a: np.ndarray, b: np.ndarray, scale: float = 1.0) -> dict[s
     from scipy import stats
 
     a_s, b_s = np.asarray(a, float) * scale, np.asarray(b, float) * scale
+    a_s, b_s = a_s[np.isfinite(a_s)], b_s[np.isfinite(b_s)]
     out = {"diff": float(b_s.mean() - a_s.mean()) if a_s.size and b_s.size else math.nan,
            "lo": math.nan, "hi": math.nan, "p": math.nan}
     if a_s.size < 2 or b_s.size < 2 or (a_s.std() == 0 and b_s.std() == 0):

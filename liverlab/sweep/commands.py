@@ -24,7 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     p.set_defaults(func=_sweep)
 
-    p = sub.add_parser("doctor", help="check a Ray cluster: nodes, storage and data seen from every node, versions, tracking")
+    p = sub.add_parser("doctor", help="check a Ray cluster: nodes, storage and data seen from every node, "
+                                      "versions, tracking")
     p.add_argument("--address", help="Ray cluster address (default $RAY_ADDRESS, else a local Ray)")
     p.add_argument("--storage", help="sweep storage root to check (default ./sweeps or $LIVERLAB_STORAGE)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI to check (default $MLFLOW_TRACKING_URI)")

@@ -190,22 +190,27 @@ def _versions() -> dict[str, Any]:
 # ----------------------------------------------------------------------------- driver side
 
 
+def _is_head(node: dict[str, Any]) -> bool:
+    return "node:__internal_head__" in node.get("Resources", {})
+
+
 def alive_nodes() -> list[dict[str, Any]]:
-    return [n for n in ray.nodes() if n.get("Alive")]
+    """Alive nodes, the head first."""
+    return sorted((n for n in ray.nodes() if n.get("Alive")), key=lambda n: (not _is_head(n), n["NodeID"]))
 
 
 def _node_name(node: dict[str, Any]) -> str:
-    head = ", head" if "node:__internal_head__" in node.get("Resources", {}) else ""
+    head = ", head" if _is_head(node) else ""
     return f"node {node['NodeID'][:8]} ({node.get('NodeManagerAddress', '?')}{head})"
 
 
 def cluster_checks(address: str | None = None) -> list[Check]:
     """Nodes, CPUs and GPUs as Ray reports them."""
     nodes = ray.nodes()
-    alive = [n for n in nodes if n.get("Alive")]
+    alive = alive_nodes()
     cpus = sum(n["Resources"].get("CPU", 0.0) for n in alive)
     gpus = sum(n["Resources"].get("GPU", 0.0) for n in alive)
-    where = address or os.environ.get("RAY_ADDRESS") or "local"
+    where = ray.get_runtime_context().gcs_address or address or os.environ.get("RAY_ADDRESS") or "local"
     verdict = OK if cpus > 0 else FAIL
     checks = [Check("ray", "cluster", verdict,
                     f"{len(alive)} node(s) alive, {cpus:g} CPU, {gpus:g} GPU (address {where}, ray {ray.__version__})"
@@ -297,14 +302,16 @@ def probe_nodes(storage: str | None, tracking_uri: str | None, data: str | None 
         target, token_file = _tracking_target(tracking_uri, token)
         if token_file is not None:
             try:
-                token_file.parent.mkdir(parents=True, exist_ok=True)
+                if not token_file.parent.exists():  # the store would create it; remove it again afterwards
+                    token_file.parent.mkdir(parents=True)
+                    cleanup.append(token_file.parent)
                 token_file.write_text(token)
-                cleanup.append(token_file)
+                cleanup.insert(0, token_file)
             except OSError as exc:
                 checks.append(Check("tracking", "driver", FAIL, f"cannot write {token_file}: {exc}"))
         spec.update(tracking=target, tracking_token=token)
         tr = _tracking_probe(target, token)
-        checks.append(Check("tracking", "driver", WARN if tr["ok"] is None else (OK if tr["ok"] else FAIL), tr["detail"]))
+        checks.append(Check("tracking", "driver", _verdict(tr["ok"]), tr["detail"]))
     driver: dict[str, Any] = {}
     if data:
         driver["data"] = _data_fingerprint(Path(data))
@@ -323,18 +330,25 @@ def probe_nodes(storage: str | None, tracking_uri: str | None, data: str | None 
         writers = [nid for nid, r in first.items() if isinstance(r, dict) and r.get("storage", {}).get("ok")]
         if probe is not None and writers:
             # Second round: every node (and the driver) reads back what the others wrote.
-            peers = _gather({nid: _pinned(_peers, nid).remote(str(probe), token, writers) for nid in writers}, timeout_s)
+            refs = {nid: _pinned(_peers, nid).remote(str(probe), token, writers) for nid in writers}
+            peers = _gather(refs, timeout_s)
             missing = _peers(str(probe), token, writers)
             checks.append(Check("storage", "driver", FAIL if missing else OK,
                                 f"wrote {probe.parent.parent}; reads the files of {len(writers) - len(missing)}"
                                 f"/{len(writers)} node(s)"
                                 + (f"; missing: {', '.join(names[m] for m in missing)}" if missing else "")))
         elif probe is not None:
-            checks.append(Check("storage", "driver", OK, f"wrote and read {probe.parent.parent}; no node sees it"))
+            checks.append(Check("storage", "driver", FAIL if names else OK,
+                                f"wrote {probe.parent.parent}; no node sees the driver's files (not shared)"))
     finally:
-        for path in cleanup:
-            if path.is_dir():
+        for path in cleanup:  # the probe folder, the tracking token file, a folder made for it (if empty)
+            if path == probe:
                 shutil.rmtree(path, ignore_errors=True)
+            elif path.is_dir():
+                try:
+                    path.rmdir()
+                except OSError:
+                    pass
             else:
                 path.unlink(missing_ok=True)
         if probe is not None:
@@ -346,6 +360,10 @@ def probe_nodes(storage: str | None, tracking_uri: str | None, data: str | None 
         checks.extend(_judge(names[nid], res, peers.get(nid), names, len(writers), gpus[nid], driver, spec))
     order = {"storage": 0, "tracking": 1, "data": 2, "versions": 3, "probe": 4}
     return sorted(checks, key=lambda c: (order.get(c.check, 9), c.where != "driver"))
+
+
+def _verdict(ok: bool | None) -> str:
+    return WARN if ok is None else (OK if ok else FAIL)
 
 
 def _judge(name: str, res: Any, peer_missing: Any, names: dict[str, str], n_writers: int, gpus: float,
@@ -361,13 +379,13 @@ def _judge(name: str, res: Any, peer_missing: Any, names: dict[str, str], n_writ
         elif isinstance(peer_missing, Exception):
             out.append(Check("storage", name, FAIL, f"second round failed: {peer_missing}"))
         elif peer_missing:
-            out.append(Check("storage", name, FAIL, "does not see the files of " + ", ".join(names[m] for m in peer_missing)))
+            others = ", ".join(names[m] for m in peer_missing)
+            out.append(Check("storage", name, FAIL, f"does not see the files of {others}"))
         else:
             out.append(Check("storage", name, OK, f"wrote its file; reads the driver's and {n_writers - 1} other "
                                                   "node(s)' files"))
     if "tracking" in res:
-        tr = res["tracking"]
-        out.append(Check("tracking", name, WARN if tr["ok"] is None else (OK if tr["ok"] else FAIL), tr["detail"]))
+        out.append(Check("tracking", name, _verdict(res["tracking"]["ok"]), res["tracking"]["detail"]))
     if spec.get("data"):
         mine, ref = res.get("data") or {}, driver.get("data") or {}
         if not mine.get("ok"):

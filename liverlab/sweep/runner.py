@@ -66,7 +66,16 @@ def connect(address: str | None, num_cpus: int | None = None) -> None:
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=False)
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except ConnectionError as err:  # Ray's message does not say that a missing token is the usual cause
+            mode = os.environ.get("RAY_AUTH_MODE", "unset")
+            raise LiverlabError(
+                f"cannot connect to the Ray cluster at {address}: {err}. If the cluster was started with "
+                f"`ray start` (token authentication is on by default), set RAY_AUTH_MODE=token (now: {mode}) and "
+                "give this machine the cluster's token (~/.ray/auth_token, $RAY_AUTH_TOKEN_PATH or $RAY_AUTH_TOKEN); "
+                "see docs/cluster.md"
+            ) from None
     else:  # never a bare ray.init(): it may attach to a cluster started elsewhere
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
 
@@ -151,8 +160,10 @@ def run_sweep(opts: SweepOptions) -> int:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     connect(opts.address)
     preflight(loaded)
-
     uri = resolve_tracking_uri(opts.tracking_uri, sweep_dir)
+    from liverlab.sweep.doctor import quick_check  # multi-node only: every node must see storage and tracking
+
+    quick_check(storage=str(sweep_dir), tracking_uri=uri)
     sweep_key = hashlib.sha256(str(sweep_dir).encode()).hexdigest()[:16]
     repo_tags = git_tags(Path(loaded.path).parent)
     base_tags = {

@@ -158,8 +158,7 @@ def experiments(uri: str) -> pl.DataFrame:
 
 def run_exists(uri: str, run_id: str) -> bool:
     """True when ``run_id`` is in the store (any lifecycle stage)."""
-    df = _fetch(uri, "SELECT run_uuid FROM runs WHERE run_uuid = :rid", {"rid": run_id}, ["run_id"], {"run_id": pl.String})
-    return df.height > 0
+    return bool(_rows(uri, "SELECT run_uuid FROM runs WHERE run_uuid = :rid", {"rid": run_id}))
 
 
 def _condition(experiment_ids: Sequence[str] | None, parent_run_id: str | None) -> tuple[str, dict[str, Any]]:
@@ -262,5 +261,5 @@ def run_tags(uri: str, run_id: str) -> dict[str, str] | None:
     """Tags of one run, or None when the run does not exist."""
     if not run_exists(uri, run_id):
         return None
-    rows = _rows(uri, "SELECT key, value FROM tags WHERE run_uuid = :rid", {"rid": run_id})
+    rows = _rows(uri, "SELECT t.key, t.value FROM tags t WHERE t.run_uuid = :rid", {"rid": run_id})
     return {k: v for k, v in rows}

@@ -120,8 +120,11 @@ def run_pipeline(
         return train_unet(unet_cfg, report, tracker, workdir / "unet", progress=progress)
 
     checkpoint, essnet_metrics, reused = cached_essnet(config, cache_root, tracker)
-    if reused:  # the run still carries the translator's figures (shape preservation, SSIM)
+    if reused:  # the run still carries the translator's figures and its last picture panel
         tracker.log_metrics(essnet_metrics, step=int(essnet_metrics.get("epoch", 0)))
+        panels = sorted((checkpoint.parent / "panels").glob("essnet_epoch_*.png"))
+        if panels:
+            tracker.log_artifact(panels[-1], "panels")
     synthetic, synth_reused = cached_synthesis(config, checkpoint, cache_root)
     tracker.set_tags({
         "liverlab.essnet_cache": checkpoint.parent.name,

@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from liverlab.data.cache import display_slice  # stored (X, Y) slices -> radiological view
+
 
 def _save_atomic(fig: Any, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -43,9 +45,9 @@ def essnet_panel(net: Any, batch: dict[str, torch.Tensor], device: torch.device,
     for r in range(n):
         for c, (title, img) in enumerate(cols):
             ax = axes[r][c]
-            ax.imshow(img[r, 0].cpu().numpy(), cmap="gray", vmin=-1, vmax=1)
+            ax.imshow(display_slice(img[r, 0].cpu().numpy()), cmap="gray", vmin=-1, vmax=1)
             if c == len(cols) - 1:
-                mask = batch["mask"][r].cpu().numpy()
+                mask = display_slice(batch["mask"][r].cpu().numpy())
                 if mask.any():
                     ax.contour(mask, levels=[0.5], colors="r", linewidths=0.8)
             ax.set_axis_off()
@@ -68,11 +70,12 @@ def segmentation_panel(images: np.ndarray, labels: np.ndarray, preds: np.ndarray
     fig, axes = plt.subplots(1, n, figsize=(2.2 * n, 2.4), squeeze=False)
     for i in range(n):
         ax = axes[0][i]
-        ax.imshow(images[i], cmap="gray", vmin=-1, vmax=1)
-        if labels[i].any():
-            ax.contour(labels[i], levels=[0.5], colors="g", linewidths=0.8)
-        if preds[i].any():
-            ax.contour(preds[i], levels=[0.5], colors="r", linewidths=0.8)
+        image, label, pred = (display_slice(a[i]) for a in (images, labels, preds))
+        ax.imshow(image, cmap="gray", vmin=-1, vmax=1)
+        if label.any():
+            ax.contour(label, levels=[0.5], colors="g", linewidths=0.8)
+        if pred.any():
+            ax.contour(pred, levels=[0.5], colors="r", linewidths=0.8)
         ax.set_axis_off()
     fig.suptitle("MRI: label (green), prediction (red)", fontsize=8)
     fig.tight_layout()

@@ -1,7 +1,7 @@
 """A tracking store with KNOWN values, written through liverlab's own writer.
 
-Imported by test_report*.py and test_analysis*.py (``from test_report_fixtures
-import build_known_store``); its own test checks the store reads back.
+Imported by test_report*.py and test_analysis*.py (``from report_fixtures
+import build_known_store``); tests/test_report.py checks that the store reads back.
 
 Arms and seeds:
   synthesis=none    seeds 0-4   test/iou NONE_IOU
@@ -158,15 +158,3 @@ def build_known_store(root: Path) -> KnownStore:
         "name": "known", "tracking_uri": uri, "experiment_id": exp_id, "parent_run_id": parent,
         "space_file": "search_spaces/known.yaml"}))
     return store
-
-
-def test_known_store_reads_back() -> None:
-    from liverlab.tracking.reader import read_runs
-
-    store = known_store()
-    runs = read_runs(store.uri, "known", parent_run_id=store.parent_run_id)
-    assert runs.height == 5 + 5 + 3 + 2
-    assert sorted(runs["status"].unique().to_list()) == ["FAILED", "FINISHED"]
-    none = runs.filter(pl.col("arm") == "synthesis=none").sort("seed")
-    assert none["metric.test/iou"].to_list() == NONE_IOU
-    assert none["seed"].to_list() == [0, 1, 2, 3, 4]
