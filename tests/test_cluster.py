@@ -39,8 +39,6 @@ from liverlab.errors import LiverlabError
 from liverlab.sweep.doctor import FAIL, OK, quick_check, run_doctor
 from liverlab.sweep.runner import SWEEP_FILE, SweepOptions, run_sweep
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 @dataclass
 class SimCluster:

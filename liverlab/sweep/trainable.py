@@ -63,7 +63,12 @@ def run_trial(config: dict[str, Any]) -> None:
         restored.to_directory(str(stage_dir / "checkpoint"))
 
     def report(metrics: dict[str, Any], checkpoint: str | None = None) -> None:
-        ckpt = tune.Checkpoint.from_directory(checkpoint) if checkpoint else None
+        ckpt = None
+        if checkpoint:
+            # Metrics up to a checkpoint reach MLflow before it does: a trial resumed
+            # from it (node loss, kill -9) then has no gap in its history.
+            tracker.flush()
+            ckpt = tune.Checkpoint.from_directory(checkpoint)
         tune.report(dict(metrics), checkpoint=ckpt)
 
     try:
