@@ -12,7 +12,7 @@ from typing import Any
 
 import polars as pl
 import pytest
-from test_report_fixtures import fresh_uri, known_store, patient_iou
+from report_fixtures import fresh_uri, known_store, patient_iou
 
 from liverlab.config import config_from_dict, flatten
 from liverlab.errors import LiverlabError
