@@ -184,6 +184,12 @@ class UNetConfig(_Strict):
     synthetic: str | None = Field(None, description="nnU-Net folder of synthetic MRI (stage unet)")
     mixing_ratio: float = Field(0.0, ge=0.0, le=100.0, description="synthetic / real slices drawn")
 
+    @model_validator(mode="after")
+    def _some_loss(self) -> "UNetConfig":
+        if self.dice_weight == 0 and self.ce_weight == 0:
+            raise ValueError("dice_weight and ce_weight are both 0: there is nothing to train on")
+        return self
+
 
 class TrackingConfig(_Strict):
     uri: str | None = Field(None, description="MLflow tracking URI; default sqlite in the run folder")

@@ -20,7 +20,7 @@ from torch import nn
 
 from liverlab.config import EssNetConfig, ExperimentConfig, dump_config
 from liverlab.losses import cycle_loss, dice_ce_loss, identity_loss, lsgan_loss
-from liverlab.models import build_model
+from liverlab.models import discriminator_from_config, generator_from_config, segmenter_from_config
 from liverlab.train import common
 from liverlab.train.common import Report
 
@@ -56,20 +56,13 @@ class EssNet(nn.Module):
 
     def __init__(self, cfg: EssNetConfig) -> None:
         super().__init__()
-        g, d, s = cfg.generator, cfg.discriminator, cfg.segmenter
-        gen = dict(in_channels=1, out_channels=1, ngf=g.ngf, n_blocks=g.n_blocks, n_downsampling=g.n_downsampling)
-        self.g_mri = build_model("resnet_generator", **gen)  # CT -> MRI
-        self.g_ct = build_model("resnet_generator", **gen)  # MRI -> CT
-        self.d_mri = build_model("patchgan", in_channels=1, ndf=d.ndf, n_layers=d.n_layers)
-        self.d_ct = build_model("patchgan", in_channels=1, ndf=d.ndf, n_layers=d.n_layers)
+        self.g_mri = generator_from_config(cfg.generator)  # CT -> MRI
+        self.g_ct = generator_from_config(cfg.generator)  # MRI -> CT
+        self.d_mri = discriminator_from_config(cfg.discriminator)
+        self.d_ct = discriminator_from_config(cfg.discriminator)
         self.seg: nn.Module | None = None
-        if cfg.lambda_seg > 0:
-            if s.name == "resnet":
-                self.seg = build_model("resnet_segmenter", in_channels=1, out_channels=2, ngf=s.ngf, n_blocks=s.n_blocks)
-            else:
-                self.seg = build_model(
-                    "unet", spatial_dims=2, in_channels=1, out_channels=2, depth=s.depth, base_features=s.base_features
-                )
+        if cfg.lambda_seg > 0:  # S sees G_mri's output, so it takes the sizes the generator takes
+            self.seg = segmenter_from_config(cfg.segmenter, n_downsampling=cfg.generator.n_downsampling)
 
     def generator_parameters(self) -> list[nn.Parameter]:
         params = list(self.g_mri.parameters()) + list(self.g_ct.parameters())

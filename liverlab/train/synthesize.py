@@ -26,7 +26,7 @@ import torch
 from liverlab import __version__
 from liverlab.config import ExperimentConfig, config_from_dict, dump_config
 from liverlab.errors import LiverlabError
-from liverlab.models import build_model
+from liverlab.models import generator_from_config
 from liverlab.train import common
 from liverlab.train import data as tdata
 
@@ -48,8 +48,7 @@ def load_generator(checkpoint: str | Path, device: torch.device) -> tuple[torch.
     if state.get("kind") != "essnet":
         raise LiverlabError(f"{checkpoint}: not an EssNet checkpoint (kind={state.get('kind')!r})")
     config = config_from_dict(state["config"], source=f"{checkpoint} (embedded config)")
-    g = config.essnet.generator
-    net = build_model("resnet_generator", in_channels=1, out_channels=1, ngf=g.ngf, n_blocks=g.n_blocks, n_downsampling=g.n_downsampling)
+    net = generator_from_config(config.essnet.generator)
     prefix = "g_mri."
     net.load_state_dict({k[len(prefix):]: v for k, v in state["model"].items() if k.startswith(prefix)})
     return net.to(device).eval(), config

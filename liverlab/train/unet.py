@@ -20,7 +20,7 @@ import torch
 from liverlab.config import ExperimentConfig, dump_config
 from liverlab.errors import LiverlabError
 from liverlab.losses import dice_ce_loss
-from liverlab.models import build_model
+from liverlab.models import unet_from_config
 from liverlab.train import common
 from liverlab.train import data as tdata
 from liverlab.train import evaluate as ev
@@ -28,11 +28,7 @@ from liverlab.train.common import Report
 
 
 def build_unet(config: ExperimentConfig) -> torch.nn.Module:
-    m = config.unet.model
-    return build_model(
-        "unet", spatial_dims=2, in_channels=1, out_channels=2, depth=m.depth,
-        base_features=m.base_features, norm=m.norm, dropout=m.dropout,
-    )
+    return unet_from_config(config.unet.model)
 
 
 class UNetData:
