@@ -37,6 +37,7 @@ from urllib.parse import urlparse
 import ray
 
 from liverlab.errors import LiverlabError
+from liverlab.storage import is_uri, join, read_text, write_text
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 PROBE_ROOT = ".liverlab-doctor"
@@ -284,9 +285,8 @@ def probe_nodes(storage: str | None, tracking_uri: str | None, data: str | None 
     spec: dict[str, Any] = {"token": token, "data": data, "versions": versions}
     probe: Path | None = None
     cleanup: list[Path] = []
-    if storage and "://" in storage:
-        checks.append(Check("storage", "driver", FAIL, f"{storage}: URI storage is not supported yet; "
-                                                       "use a shared POSIX path (NFS) mounted on every node"))
+    if storage and is_uri(storage):
+        checks.append(_object_store_check(storage, token))
     elif storage:
         root = Path(os.path.abspath(os.path.expanduser(storage)))  # not resolve(): nodes see the path, not the link
         probe = root / PROBE_ROOT / token[:12]
@@ -433,6 +433,19 @@ def run_doctor(address: str | None = None, storage: str | None = None, tracking_
                             "no --tracking-uri: sweeps default to SQLite in the sweep folder (covered by the storage "
                             "check); a cluster wants an `mlflow server` (docs/cluster.md)"))
     return checks + tracking_notes(uri, len(alive_nodes()))
+
+
+def _object_store_check(storage: str, token: str) -> Check:
+    """Object storage: write, read back and list a probe object (from the driver; nodes use the same API)."""
+    probe = join(storage, PROBE_ROOT, token[:12])
+    try:
+        write_text(probe, token)
+        ok = read_text(probe) == token
+    except Exception as exc:  # noqa: BLE001 - any filesystem error is the verdict
+        return Check("storage", "driver", FAIL, f"{storage}: cannot write and read a probe object: {exc}")
+    return Check("storage", "driver", OK if ok else FAIL,
+                 f"{storage}: probe object written and read back (checked from the driver; nodes need the same "
+                 "credentials)" if ok else f"{storage}: probe object read back differently")
 
 
 def quick_check(storage: str, tracking_uri: str | None, timeout_s: float = 60.0) -> list[Check]:

@@ -23,6 +23,8 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from liverlab import __version__
 from liverlab.errors import LiverlabError
+from liverlab.storage import filesystem as storage_filesystem
+from liverlab.storage import is_uri, join, write_text
 from liverlab.sweep.display import LiveTable, summarize
 from liverlab.sweep.search import ArmSearcher
 from liverlab.sweep.space import LoadedSpace, load_space
@@ -133,7 +135,7 @@ def _range(p: Any) -> str:
 
 def _storage_root(opts: SweepOptions) -> str:
     storage = opts.storage or os.environ.get("LIVERLAB_STORAGE") or "sweeps"
-    return storage if "://" in storage else str(Path(storage).expanduser().resolve())
+    return storage if is_uri(storage) else str(Path(storage).expanduser().resolve())
 
 
 def run_sweep(opts: SweepOptions) -> int:
@@ -146,25 +148,36 @@ def run_sweep(opts: SweepOptions) -> int:
         return 0
     s = loaded.space
     storage = _storage_root(opts)
-    if "://" in storage:
-        raise LiverlabError(f"--storage {storage}: URI storage is not supported yet; use a shared POSIX path")
-    sweep_dir = Path(storage) / s.name
-    can_restore = tune.Tuner.can_restore(str(sweep_dir))
+    if is_uri(storage):  # object store: Ray writes through pyarrow; caches are uploaded (liverlab/storage.py)
+        if not (opts.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")):
+            raise LiverlabError(
+                f"--storage {storage}: object storage needs --tracking-uri (an MLflow server every node reaches); "
+                "the default SQLite file lives in a local folder"
+            )
+        ray_fs, ray_root = storage_filesystem(storage)
+        sweep_loc, tune_dir = join(storage, s.name), f"{ray_root}/{s.name}"
+        local_dir = Path.cwd() / "sweeps" / s.name  # the report is written here (and logged to MLflow)
+    else:
+        ray_fs, ray_root = None, storage
+        local_dir = Path(storage) / s.name
+        sweep_loc = tune_dir = str(local_dir)
+    can_restore = tune.Tuner.can_restore(tune_dir, storage_filesystem=ray_fs)
     if can_restore and not opts.resume:
-        raise LiverlabError(f"sweep {s.name!r} already exists at {sweep_dir}: add --resume to continue it, or --name NEW")
+        raise LiverlabError(f"sweep {s.name!r} already exists at {sweep_loc}: add --resume to continue it, or --name NEW")
     if opts.resume and not can_restore:
-        raise LiverlabError(f"--resume: no sweep state at {sweep_dir} to resume")
-    sweep_dir.mkdir(parents=True, exist_ok=True)
+        raise LiverlabError(f"--resume: no sweep state at {sweep_loc} to resume")
+    local_dir.mkdir(parents=True, exist_ok=True)
 
     # Tune warns when a trial checkpoints every few seconds (tiny models do); that is expected here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     connect(opts.address)
     preflight(loaded)
-    uri = resolve_tracking_uri(opts.tracking_uri, sweep_dir)
-    from liverlab.sweep.doctor import quick_check  # multi-node only: every node must see storage and tracking
+    uri = resolve_tracking_uri(opts.tracking_uri, local_dir)
+    if ray_fs is None:  # multi-node only: every node must see the shared folder and the tracking store
+        from liverlab.sweep.doctor import quick_check
 
-    quick_check(storage=str(sweep_dir), tracking_uri=uri)
-    sweep_key = hashlib.sha256(str(sweep_dir).encode()).hexdigest()[:16]
+        quick_check(storage=sweep_loc, tracking_uri=uri)
+    sweep_key = hashlib.sha256(sweep_loc.encode()).hexdigest()[:16]
     repo_tags = git_tags(Path(loaded.path).parent)
     base_tags = {
         "liverlab.sweep": s.name,
@@ -175,10 +188,8 @@ def run_sweep(opts: SweepOptions) -> int:
     }
     experiment_id, parent_run_id = open_sweep_run(uri, s.name, base_tags)
     info = {"name": s.name, "tracking_uri": uri, "experiment_id": experiment_id, "parent_run_id": parent_run_id,
-            "space_file": str(loaded.path), "baseline": s.baseline, "storage": str(sweep_dir)}
-    tmp = sweep_dir / (SWEEP_FILE + ".tmp")
-    tmp.write_text(json.dumps(info, indent=2))
-    os.replace(tmp, sweep_dir / SWEEP_FILE)
+            "space_file": str(loaded.path), "baseline": s.baseline, "storage": sweep_loc}
+    _write_sweep_file(sweep_loc, local_dir, json.dumps(info, indent=2))
 
     first = loaded.config(loaded.arms()[0], s.seeds[0])
     from liverlab.train.data import dataset_dirs
@@ -191,7 +202,7 @@ def run_sweep(opts: SweepOptions) -> int:
         "tracking_uri": uri,
         "experiment_id": experiment_id,
         "parent_run_id": parent_run_id,
-        "cache_root": str(sweep_dir / "cache"),
+        "cache_root": join(sweep_loc, "cache"),
         "cpus_per_trial": s.resources.cpu,
         "tags": {k: v for k, v in base_tags.items() if k != "liverlab.sweep_key"} | {"liverlab.manifest_hash": _data_hash(first)},
     }
@@ -199,7 +210,8 @@ def run_sweep(opts: SweepOptions) -> int:
     live = LiveTable(loaded, enabled=opts.live)
     run_config = tune.RunConfig(
         name=s.name,
-        storage_path=storage,
+        storage_path=ray_root,
+        storage_filesystem=ray_fs,
         verbose=0,
         callbacks=[live],
         failure_config=tune.FailureConfig(max_failures=s.budget.max_failures),
@@ -207,7 +219,8 @@ def run_sweep(opts: SweepOptions) -> int:
     )
     t0 = time.perf_counter()
     if opts.resume:
-        tuner = tune.Tuner.restore(str(sweep_dir), trainable, resume_errored=True, param_space={META: meta})
+        tuner = tune.Tuner.restore(tune_dir, trainable, resume_errored=True, param_space={META: meta},
+                                   storage_filesystem=ray_fs)
     else:
         searcher = ArmSearcher(loaded)
         single = len(s.objectives) == 1
@@ -245,10 +258,19 @@ def run_sweep(opts: SweepOptions) -> int:
     n_errors = results.num_errors
     finish_sweep_run(uri, parent_run_id, "FAILED" if n_errors == len(results) else "FINISHED")
     print(summarize(loaded, results, elapsed))
-    print(f"results: {sweep_dir}\nMLflow: mlflow ui --backend-store-uri {uri}   (experiment {s.name!r})")
+    print(f"results: {sweep_loc}\nMLflow: mlflow ui --backend-store-uri {uri}   (experiment {s.name!r})")
     if opts.report and n_errors < len(results):
-        _report(uri, parent_run_id, sweep_dir, s.baseline)
+        _report(uri, parent_run_id, local_dir, s.baseline)
     return 1 if len(results) and n_errors == len(results) else 0
+
+
+def _write_sweep_file(sweep_loc: str, local_dir: Path, text: str) -> None:
+    """``liverlab_sweep.json`` in the sweep's storage (and a local copy for `liverlab report`)."""
+    if is_uri(sweep_loc):
+        write_text(join(sweep_loc, SWEEP_FILE), text)
+    tmp = local_dir / (SWEEP_FILE + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, local_dir / SWEEP_FILE)
 
 
 def _data_hash(config: Any) -> str:

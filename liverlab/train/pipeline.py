@@ -14,6 +14,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from filelock import FileLock
@@ -64,35 +65,67 @@ def _write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def cached_essnet(config: ExperimentConfig, cache_root: Path, tracker: Any) -> tuple[Path, dict[str, float], bool]:
+def materialise(cache_root: str | Path, kind: str, key: str, marker: str, compute: Callable[[Path], None]) -> tuple[Path, bool]:
+    """A cache entry as a local folder: ``(folder, reused?)``; ``compute(folder)`` makes it once.
+
+    On a POSIX ``cache_root`` (shared folder) the entry lives there and a file
+    lock makes concurrent trials compute it once. On an object-store URI the
+    entry is computed into this node's cache, uploaded with its ``marker``
+    last, and downloaded by the trials of other nodes; object stores have no
+    locks, so two nodes asking at the same moment may both compute it (the
+    same content, by its key), while trials of one node still share one.
+    """
+    from liverlab import storage
+
+    if not storage.is_uri(cache_root):
+        folder = Path(cache_root) / kind / key
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(folder) + ".lock"):
+            if (folder / marker).is_file():
+                return folder, True
+            compute(folder)
+            return folder, False
+    remote = storage.join(str(cache_root), kind, key)
+    space = hashlib.sha256(str(cache_root).encode()).hexdigest()[:12]
+    folder = storage.node_cache_dir() / space / kind / key
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock"):
+        if (folder / marker).is_file():
+            return folder, True
+        if storage.exists(storage.join(remote, marker)):
+            storage.download_dir(remote, folder)
+            return folder, True
+        compute(folder)
+        storage.upload_dir(folder, remote, marker)
+        return folder, False
+
+
+def cached_essnet(config: ExperimentConfig, cache_root: str | Path, tracker: Any) -> tuple[Path, dict[str, float], bool]:
     """Train (or reuse) the translator; return (checkpoint folder, its final metrics, reused?)."""
     from liverlab.train.essnet import train_essnet
 
-    folder = cache_root / "essnet" / essnet_key(config)[:24]
-    folder.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(folder) + ".lock"):
-        done = folder / DONE
-        if done.is_file():
-            return folder / common.CHECKPOINT_DIR, json.loads(done.read_text())["metrics"], True
+    def compute(folder: Path) -> None:
         # A crashed earlier attempt left a checkpoint in `folder`: train_essnet resumes from it.
         metrics = train_essnet(config, common.no_report, tracker, folder)
-        _write_json(done, {"metrics": metrics})
-        return folder / common.CHECKPOINT_DIR, metrics, False
+        _write_json(folder / DONE, {"metrics": metrics})
+
+    folder, reused = materialise(cache_root, "essnet", essnet_key(config)[:24], DONE, compute)
+    metrics = json.loads((folder / DONE).read_text())["metrics"]
+    return folder / common.CHECKPOINT_DIR, metrics, reused
 
 
-def cached_synthesis(config: ExperimentConfig, checkpoint: Path, cache_root: Path) -> tuple[Path, bool]:
+def cached_synthesis(config: ExperimentConfig, checkpoint: Path, cache_root: str | Path) -> tuple[Path, bool]:
     """Synthesise the CT training patients once per (checkpoint, data, settings)."""
-    from liverlab.train.synthesize import synthesis_key, synthesize
+    from liverlab.train.synthesize import PROVENANCE, synthesis_key, synthesize
 
     ct_dir, _ = tdata.dataset_dirs(config)
     cases = tdata.cases_in(ct_dir, config, "train")
     key = synthesis_key(checkpoint, ct_dir, config, cases)
-    out = cache_root / "synthetic" / key[:24]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(out) + ".lock"):
-        reused = (out / "provenance.json").is_file()
+
+    def compute(out: Path) -> None:
         synthesize(checkpoint, ct_dir, out, cases=cases, device=config.device)
-        return out, reused
+
+    return materialise(cache_root, "synthetic", key[:24], PROVENANCE, compute)
 
 
 def run_pipeline(
@@ -111,7 +144,7 @@ def run_pipeline(
 
     tracker = tracker or NullTracker()
     workdir = Path(workdir)
-    cache_root = Path(cache_root) if cache_root else workdir / "cache"
+    cache_root = cache_root or workdir / "cache"  # a folder, or an object-store URI
     tracker.log_params(config.model_dump(mode="json"))
     tracker.log_text(dump_config(config), "config.yaml")
     tracker = _StageTracker(tracker)
