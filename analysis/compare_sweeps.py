@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import polars as pl
 
+    from liverlab.data.atomic import write_bytes_atomic
+
     from liverlab.errors import LiverlabError
     from liverlab.report import stats
     from liverlab.report.source import load_units
@@ -72,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
                          f"{'n/a' if r['welch_p'] != r['welch_p'] else format(r['welch_p'], '.3g')} |")
         text = "\n".join(lines) + "\n"
     if args.out:
-        Path(args.out).write_text(text)
+        write_bytes_atomic(args.out, text.encode())  # never a half-written table under the final name
     else:
         sys.stdout.write(text)
     return 0

@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from liverlab.data.atomic import write_bytes_atomic
     from liverlab.errors import LiverlabError
     from liverlab.report import stats
     from liverlab.report.source import load_units
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
               f"% mean [95 % {'Student t' if args.interval == 't' else 'percentile bootstrap'} interval], n seeds"]
     text = "\n".join(lines) + "\n"
     if args.out:
-        Path(args.out).write_text(text)
+        write_bytes_atomic(args.out, text.encode())  # never a half-written table under the final name
     else:
         sys.stdout.write(text)
     return 0

@@ -12,8 +12,6 @@ same EssNet code with ``lambda_seg`` forced to 0.
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -218,13 +216,6 @@ class ExperimentConfig(_Strict):
         if self.synthesis == "cyclegan":
             return self.essnet.model_copy(update={"lambda_seg": 0.0})
         return self.essnet
-
-    def fingerprint(self, *sections: str) -> str:
-        """sha256 of the named sections (all when none), for content-keyed caches."""
-        dumped = self.model_dump(mode="json")
-        if sections:
-            dumped = {k: dumped[k] for k in sections}
-        return hashlib.sha256(json.dumps(dumped, sort_keys=True).encode()).hexdigest()
 
 
 # ----------------------------------------------------------------------------- loading

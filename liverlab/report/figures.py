@@ -46,8 +46,12 @@ def _figure() -> tuple[Any, Any]:
 def _save(fig: Any, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    fig.savefig(path, dpi=DPI, format="png")
-    plt.close(fig)
+    from liverlab.data.atomic import write_with
+
+    try:  # atomic: the analysis scripts write straight to the user's path
+        write_with(path, lambda tmp: fig.savefig(tmp, dpi=DPI, format="png"), suffix=".png")
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -22,6 +22,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from liverlab import __version__
+from liverlab.data.atomic import write_bytes_atomic
 from liverlab.errors import LiverlabError
 from liverlab.storage import filesystem as storage_filesystem
 from liverlab.storage import is_uri, join, write_text
@@ -268,9 +269,7 @@ def _write_sweep_file(sweep_loc: str, local_dir: Path, text: str) -> None:
     """``liverlab_sweep.json`` in the sweep's storage (and a local copy for `liverlab report`)."""
     if is_uri(sweep_loc):
         write_text(join(sweep_loc, SWEEP_FILE), text)
-    tmp = local_dir / (SWEEP_FILE + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, local_dir / SWEEP_FILE)
+    write_bytes_atomic(local_dir / SWEEP_FILE, text.encode())
 
 
 def _data_hash(config: Any) -> str:

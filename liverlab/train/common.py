@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import random
-import shutil
-import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
+from liverlab.data.atomic import write_with
 from liverlab.errors import LiverlabError
 
 
@@ -84,13 +82,8 @@ STATE_FILE = "state.pt"
 
 def atomic_torch_save(obj: Any, path: str | Path) -> Path:
     """``torch.save`` to a temporary name, then rename: no half-written file ever looks complete."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-    return path
+    write_with(path, lambda tmp: torch.save(obj, tmp))
+    return Path(path)
 
 
 def save_checkpoint(workdir: str | Path, state: dict[str, Any]) -> str:
@@ -129,19 +122,3 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-
-
-def infinite(loader: torch.utils.data.DataLoader) -> Iterator[Any]:
-    """Cycle a loader forever (epochs are counted in steps, not passes)."""
-    while True:
-        yield from loader
-
-
-def copy_tree(src: str | Path, dst: str | Path) -> None:
-    """Copy a folder, replacing ``dst`` atomically (temp name, then rename)."""
-    dst = Path(dst)
-    tmp = dst.with_name(dst.name + ".tmp-copy")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp)
-    shutil.rmtree(dst, ignore_errors=True)
-    os.replace(tmp, dst)

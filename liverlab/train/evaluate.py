@@ -6,14 +6,13 @@ test evaluation (the per-patient table) and by ``liverlab evaluate``.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from liverlab.data.atomic import write_with
 from liverlab.errors import LiverlabError
 from liverlab.train import common
 
@@ -72,11 +71,7 @@ def write_table(rows: list[dict[str, Any]], path: Path) -> Path:
     """The per-patient table as Parquet, written atomically."""
     import polars as pl
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".parquet")
-    os.close(fd)
-    pl.DataFrame(rows).write_parquet(tmp)
-    os.replace(tmp, path)
+    write_with(path, lambda tmp: pl.DataFrame(rows).write_parquet(tmp), suffix=".parquet")
     return path
 
 

@@ -9,10 +9,7 @@ scheduler (its validation IoU per epoch), so ASHA compares like with like.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +17,7 @@ from typing import Any
 from filelock import FileLock
 
 from liverlab.config import ExperimentConfig
+from liverlab.data.atomic import sha256_json, write_json_atomic
 from liverlab.train import common
 from liverlab.train import data as tdata
 from liverlab.train.common import Report
@@ -55,14 +53,7 @@ def essnet_key(config: ExperimentConfig) -> str:
         "seed": config.seed,
         "precision": config.precision,
     }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f)
-    os.replace(tmp, path)
+    return sha256_json(payload)
 
 
 def materialise(cache_root: str | Path, kind: str, key: str, marker: str, compute: Callable[[Path], None]) -> tuple[Path, bool]:
@@ -86,7 +77,7 @@ def materialise(cache_root: str | Path, kind: str, key: str, marker: str, comput
             compute(folder)
             return folder, False
     remote = storage.join(str(cache_root), kind, key)
-    space = hashlib.sha256(str(cache_root).encode()).hexdigest()[:12]
+    space = sha256_json(str(cache_root))[:12]
     folder = storage.node_cache_dir() / space / kind / key
     folder.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder) + ".lock"):
@@ -107,7 +98,7 @@ def cached_essnet(config: ExperimentConfig, cache_root: str | Path, tracker: Any
     def compute(folder: Path) -> None:
         # A crashed earlier attempt left a checkpoint in `folder`: train_essnet resumes from it.
         metrics = train_essnet(config, common.no_report, tracker, folder)
-        _write_json(folder / DONE, {"metrics": metrics})
+        write_json_atomic(folder / DONE, {"metrics": metrics})
 
     folder, reused = materialise(cache_root, "essnet", essnet_key(config)[:24], DONE, compute)
     metrics = json.loads((folder / DONE).read_text())["metrics"]

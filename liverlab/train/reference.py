@@ -11,14 +11,13 @@ lock, so concurrent trials share it.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 import torch
 from filelock import FileLock
 
 from liverlab.config import ExperimentConfig
+from liverlab.data.atomic import sha256_json
 from liverlab.losses import dice_ce_loss
 from liverlab.train import common
 from liverlab.train import data as tdata
@@ -32,7 +31,7 @@ def reference_key(config: ExperimentConfig) -> str:
         "model": config.unet.model.model_dump(mode="json"),
         "steps": config.essnet.reference_steps,
     }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+    return sha256_json(payload)
 
 
 def reference_segmenter(config: ExperimentConfig, device: torch.device) -> torch.nn.Module | None:

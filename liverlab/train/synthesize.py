@@ -11,11 +11,8 @@ settings reuses it; a folder made from anything else is never overwritten.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -25,20 +22,13 @@ import torch
 
 from liverlab import __version__
 from liverlab.config import ExperimentConfig, config_from_dict, dump_config
+from liverlab.data.atomic import sha256_file, sha256_json, staging_dir
 from liverlab.errors import LiverlabError
 from liverlab.models import generator_from_config
 from liverlab.train import common
 from liverlab.train import data as tdata
 
 PROVENANCE = "provenance.json"
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_generator(checkpoint: str | Path, device: torch.device) -> tuple[torch.nn.Module, ExperimentConfig]:
@@ -54,19 +44,22 @@ def load_generator(checkpoint: str | Path, device: torch.device) -> tuple[torch.
     return net.to(device).eval(), config
 
 
-def synthesis_key(checkpoint: str | Path, ct_dir: str | Path, config: ExperimentConfig, cases: list[str] | None) -> str:
+def synthesis_key(
+    checkpoint: str | Path, ct_dir: str | Path, config: ExperimentConfig, cases: list[str] | None,
+    checkpoint_sha256: str | None = None,
+) -> str:
     """Content hash of what determines the output: weights, source data, preprocessing, cases."""
     from liverlab.data.manifest import manifest_hash, read_manifest
 
     d = config.data
     payload = {
-        "checkpoint": file_sha256(_state_file(checkpoint)),
+        "checkpoint": checkpoint_sha256 or sha256_file(_state_file(checkpoint)),
         "source": manifest_hash(read_manifest(Path(ct_dir))),
         "size": d.size,
         "ct_window": list(d.ct_window),
         "cases": sorted(cases) if cases else None,
     }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+    return sha256_json(payload)
 
 
 def synthesize(
@@ -86,7 +79,8 @@ def synthesize(
     tdata.require_dataset(ct_dir, "--data")
     dev = common.select_device(device)
     net, config = load_generator(checkpoint, dev)
-    key = synthesis_key(checkpoint, ct_dir, config, cases)
+    ckpt_sha = sha256_file(_state_file(checkpoint))
+    key = synthesis_key(checkpoint, ct_dir, config, cases, ckpt_sha)
     prov_path = out / PROVENANCE
     if prov_path.is_file():
         if json.loads(prov_path.read_text()).get("key") == key:
@@ -99,8 +93,8 @@ def synthesize(
     manifest = read_manifest(ct_dir)
     rows = {r["case_id"]: r for r in manifest.iter_rows(named=True)}
     case_ids = list(dict.fromkeys(slices.case_ids))
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent if out.parent.exists() else None))
-    try:
+    # Built in a staging folder beside `out` (same file system), renamed into place when complete.
+    with staging_dir(out.parent, prefix=f".{out.name}.staging-") as tmp:
         (tmp / "imagesTr").mkdir()
         (tmp / "labelsTr").mkdir()
         iterator: Any = case_ids
@@ -136,7 +130,7 @@ def synthesize(
         provenance = {
             "key": key,
             "checkpoint": str(checkpoint),
-            "checkpoint_sha256": file_sha256(_state_file(checkpoint)),
+            "checkpoint_sha256": ckpt_sha,
             "source": str(ct_dir),
             "source_manifest_hash": manifest_hash(manifest),
             "cases": case_ids,
@@ -148,8 +142,6 @@ def synthesize(
         if out.exists():
             out.rmdir()  # empty (checked above)
         os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from liverlab.data.atomic import write_with
 from liverlab.data.cache import display_slice  # stored (X, Y) slices -> radiological view
 
 
 def _save_atomic(fig: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=100)
-    os.replace(tmp, path)
+    write_with(path, lambda tmp: fig.savefig(tmp, dpi=100), suffix=".png")
     return path
 
 
