@@ -149,7 +149,8 @@ def test_sigkill_of_the_driver_resumes_with_one_run_per_trial(tmp_path, phantom_
     _, parent, children = _runs(storage / "killed")
     assert len(children) == 2, [c.data.tags.get("liverlab.trial_id") for c in children]
     assert len({c.data.tags["liverlab.trial_id"] for c in children}) == 2
-    assert all(c.info.status == "FINISHED" for c in children)
+    assert all(c.info.status == "FINISHED" for c in children), [
+        (c.info.status, c.data.tags.get("liverlab.error")) for c in children] + [resumed.stdout[-2000:]]
     assert parent.info.status == "FINISHED"
 
 

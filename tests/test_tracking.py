@@ -104,6 +104,25 @@ def test_sweep_and_trial_runs_are_idempotent(sweep: tuple[str, str, str]) -> Non
     assert _count(uri, "SELECT count(*) FROM params WHERE run_uuid = ?", a.run_id) == 2
 
 
+def test_a_stale_attempt_cannot_end_or_write_to_a_reopened_run(sweep: tuple[str, str, str]) -> None:
+    """A worker orphaned by a killed driver keeps running for seconds; the resumed attempt owns the run."""
+    uri, exp_id, parent = sweep
+    stale = open_trial_run(uri, exp_id, parent, "trial_s", {})
+    stale.log_metrics({"val/iou": 0.1}, step=1)
+    stale.flush()
+    fresh = open_trial_run(uri, exp_id, parent, "trial_s", {})  # the resumed attempt reopens the run
+    assert fresh.run_id == stale.run_id
+    stale.log_metrics({"val/iou": 0.9}, step=2)
+    stale.finish("FAILED", error="RayActorError: the driver died")
+    run = fresh.client.get_run(fresh.run_id)
+    assert run.info.status == "RUNNING" and "liverlab.error" not in run.data.tags
+    fresh.log_metrics({"val/iou": 0.5}, step=2)
+    fresh.finish("FINISHED")
+    runs = read_runs(uri, "s", parent_run_id=parent).filter(pl.col("run_id") == fresh.run_id)
+    assert runs["status"][0] == "FINISHED"
+    assert runs["best.val/iou"][0] == pytest.approx(0.5)  # the stale 0.9 never arrived
+
+
 def test_resume_after_kill_9_continues_the_same_run(sweep: tuple[str, str, str]) -> None:
     uri, exp_id, parent = sweep
     code = textwrap.dedent(f"""

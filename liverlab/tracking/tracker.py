@@ -44,6 +44,7 @@ FLUSH_INTERVAL_S = 1.0
 FLUSH_THRESHOLD = 500
 TERMINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
 ERROR_TAG = "liverlab.error"
+ATTEMPT_TAG = "liverlab.attempt"  # which attempt of a trial owns its run
 
 # Keys MLflow accepts: alphanumerics, underscores, dashes, periods, spaces,
 # colons and slashes. Checked in the caller's thread so a bad key fails loudly
@@ -161,6 +162,7 @@ class MlflowTracker:
         run_id: str,
         *,
         existing_params: Mapping[str, str] | None = None,
+        attempt: str | None = None,
         flush_interval: float = FLUSH_INTERVAL_S,
         flush_threshold: int = FLUSH_THRESHOLD,
     ) -> None:
@@ -177,6 +179,11 @@ class MlflowTracker:
         self._known_keys: set[str] = set()
         self._finished = False
         self._warned = False
+        # Set by open_trial_run: the run belongs to the newest attempt of its trial. A stale
+        # attempt (a worker orphaned by a killed driver or a lost node, still running) must
+        # neither end the run nor add metrics once a newer attempt has reopened it.
+        self._attempt = attempt
+        self._superseded = False
         self._thread = threading.Thread(target=self._loop, name=f"mlflow-flush-{run_id[:8]}", daemon=True)
         self._thread.start()
         _OPEN_TRACKERS.add(self)
@@ -268,6 +275,15 @@ class MlflowTracker:
         with self._lock:
             return len(self._buffer)
 
+    def superseded(self) -> bool:
+        """True once a newer attempt of the same trial has reopened this run."""
+        if self._attempt is not None and not self._superseded:
+            tags = retry_locked(self.client.get_run, self.run_id).data.tags
+            self._superseded = tags.get(ATTEMPT_TAG, self._attempt) != self._attempt
+            if self._superseded:
+                log.warning("run %s was reopened by a newer attempt; this one stops writing to it", self.run_id)
+        return self._superseded
+
     def _send(self) -> None:
         """Send everything buffered; on failure put it back (in order) and raise."""
         from mlflow.entities import Metric
@@ -275,6 +291,8 @@ class MlflowTracker:
         with self._send_lock:
             with self._lock:
                 rows, self._buffer = self._buffer, []
+            if rows and self.superseded():
+                return  # the newer attempt logs these epochs itself
             sent = 0
             try:
                 for i in range(0, len(rows), MAX_METRICS_PER_BATCH):
@@ -316,6 +334,10 @@ class MlflowTracker:
         try:
             self._send()
         finally:
+            if self.superseded():  # the run is the newer attempt's to end
+                self._finished = True
+                _OPEN_TRACKERS.discard(self)
+                return
             if error:
                 set_run_tags(self.client, self.run_id, {ERROR_TAG: error})
             retry_locked(self.client.set_terminated, self.run_id, status)

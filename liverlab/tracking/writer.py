@@ -28,12 +28,14 @@ import os
 import re
 import subprocess
 import threading
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 # The tracker objects live in tracker.py (size); they are part of this module's API.
 from liverlab.tracking.tracker import (
+    ATTEMPT_TAG,
     ERROR_TAG,
     TERMINAL_STATUSES,
     MlflowTracker,
@@ -253,7 +255,8 @@ def open_trial_run(
         f"and tags.`liverlab.trial_id` = {_filter_value(trial_id)}"
     )
     found = _search_all(client, experiment_id, flt)
-    all_tags = {**tags, "liverlab.trial_id": trial_id, "mlflow.parentRunId": parent_run_id}
+    attempt = uuid.uuid4().hex  # this attempt owns the run from now on (see MlflowTracker.superseded)
+    all_tags = {**tags, "liverlab.trial_id": trial_id, "mlflow.parentRunId": parent_run_id, ATTEMPT_TAG: attempt}
     commit = all_tags.get("liverlab.git_commit")
     if commit and commit != "unknown":
         all_tags.setdefault("mlflow.source.git.commit", commit)  # shown by the MLflow UI
@@ -263,11 +266,11 @@ def open_trial_run(
         run = found[0]
         retry_locked(client.update_run, run.info.run_id, status="RUNNING")
         set_run_tags(client, run.info.run_id, {k: v for k, v in all_tags.items() if k != "mlflow.parentRunId"})
-        return MlflowTracker(client, run.info.run_id, existing_params=run.data.params)
+        return MlflowTracker(client, run.info.run_id, existing_params=run.data.params, attempt=attempt)
     run = retry_locked(
         client.create_run, experiment_id, tags={k: str(v) for k, v in all_tags.items()}, run_name=run_name
     )
-    return MlflowTracker(client, run.info.run_id)
+    return MlflowTracker(client, run.info.run_id, attempt=attempt)
 
 
 def open_run(
