@@ -46,7 +46,7 @@ def write_space(root: Path, name: str, trials: int, epochs: int, steps: int) -> 
     space = {
         "name": name, "base": "base.yaml", "stage": "unet", "seeds": list(range(trials)),
         "set": {"data.size": 64, "unet.model.base_features": 8, "unet.batch_size": 8,
-                "unet.steps_per_epoch": steps, "unet.epochs": epochs, "unet.patience": epochs},
+                "unet.iterations": steps * epochs, "unet.val_every": steps},
         "objective": {"metric": "val/iou", "mode": "max"}, "scheduler": {"type": "none"},
         "budget": {"samples_per_arm": 1, "max_concurrent": trials, "max_failures": 0},
         "resources": {"cpu": 1, "gpu": 0},

@@ -126,8 +126,8 @@ def bench_trial_share(folder: Path, seconds: float) -> dict[str, float]:
     repo = Path(__file__).resolve().parents[1]
     base = yaml.safe_load((repo / "experiments" / "phantom_unet.yaml").read_text())
     base["data"]["root"] = str(folder / "phantoms")
-    # About 4.5 s per epoch (40 steps of 8 slices at 64^2) on 1 CPU; epochs set so the trial lasts ~`seconds`.
-    base["unet"].update({"epochs": max(2, round(seconds / 4.5)), "patience": 1000, "steps_per_epoch": 40})
+    # About 4.5 s per 40 steps of 8 slices at 64^2 on 1 CPU; iterations set so the trial lasts ~`seconds`.
+    base["unet"].update({"iterations": 40 * max(2, round(seconds / 4.5)), "val_every": 40})
     (folder / "base.yaml").write_text(yaml.safe_dump(base))
     space = {"name": "share", "base": "base.yaml", "stage": "unet", "seeds": [0], "scheduler": {"type": "none"},
              "budget": {"max_concurrent": 1}, "resources": {"cpu": 1}}

@@ -24,6 +24,7 @@ _COMMAND_MODULES = (
     "liverlab.train.commands",
     "liverlab.sweep.commands",
     "liverlab.report.commands",
+    "liverlab.export.commands",
 )
 
 
@@ -68,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="liverlab",
         description="Hyperparameter and ablation experiments for CT -> MRI liver synthesis.",
+        epilog="first steps: `liverlab train experiments/tiny.yaml` (makes tiny phantoms, trains for seconds); "
+        "`liverlab data phantoms --out data/phantoms` then `liverlab data inspect data/phantoms`; "
+        "`liverlab sweep search_spaces/quickstart.yaml` (the main job, minutes). "
+        "`liverlab COMMAND --help` for each command; README.md has the tables.",
     )
     parser.add_argument("--version", action="version", version=f"liverlab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

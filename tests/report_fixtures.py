@@ -158,3 +158,54 @@ def build_known_store(root: Path) -> KnownStore:
         "name": "known", "tracking_uri": uri, "experiment_id": exp_id, "parent_run_id": parent,
         "space_file": "search_spaces/known.yaml"}))
     return store
+
+
+# ----------------------------------------------------------------------------- custom stores (folds, scarcity)
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """One finished trial of a custom store: its arm, seed, test IoU and per-patient IoU (or None)."""
+
+    arm: str
+    seed: int
+    test_iou: float | None
+    patients: dict[str, float] | None = None
+    val_iou: float = 0.5
+    set: dict[str, object] = field(default_factory=dict)  # extra config keys (e.g. data.split.folds)
+
+
+def build_custom_store(root: Path, name: str, trials: list[TrialSpec]) -> KnownStore:
+    """A sweep of ``trials`` written through liverlab's writer (like ``build_known_store``)."""
+    from liverlab.config import set_dotted
+    from liverlab.report.stats import arm_factors
+
+    uri = fresh_uri(root)
+    exp_id, parent = open_sweep_run(uri, name, {"liverlab.sweep_key": f"{name}-key"})
+    store = KnownStore(uri=uri, root=root, experiment_id=exp_id, parent_run_id=parent, sweep_dir=root / "sweep")
+    tmp = root / "tmp"
+    tmp.mkdir(exist_ok=True)
+    for i, t in enumerate(trials):
+        raw: dict = {"data": {"root": str(root / "data")}, "stage": "pipeline", "seed": t.seed}
+        for key, value in {**arm_factors(t.arm), **t.set}.items():
+            set_dotted(raw, key, value)
+        cfg = config_from_dict(raw)
+        tags = {"liverlab.arm": t.arm, "liverlab.seed": str(t.seed), "liverlab.stage": "pipeline",
+                "liverlab.sweep": name}
+        tr = open_trial_run(uri, exp_id, parent, f"t{i}", tags, run_name=f"t{i}")
+        tr.log_params(flatten(cfg.model_dump(mode="json")))
+        tr.log_metrics({"val/iou": t.val_iou}, step=1)
+        if t.test_iou is not None:
+            tr.log_metrics({"test/iou": t.test_iou, "test/dice": dice_of(t.test_iou)}, step=1)
+        if t.patients is not None:
+            ids = sorted(t.patients)
+            pl.DataFrame({"patient_id": ids, "iou": [t.patients[p] for p in ids],
+                          "dice": [dice_of(t.patients[p]) for p in ids]}).write_parquet(tmp / "per_patient.parquet")
+            tr.log_artifact(tmp / "per_patient.parquet")
+        tr.finish("FINISHED")
+        store.run_ids[(t.arm, t.seed)] = tr.run_id
+    finish_sweep_run(uri, parent)
+    store.sweep_dir.mkdir()
+    (store.sweep_dir / "liverlab_sweep.json").write_text(json.dumps({
+        "name": name, "tracking_uri": uri, "experiment_id": exp_id, "parent_run_id": parent}))
+    return store

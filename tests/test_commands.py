@@ -26,7 +26,7 @@ def _train(tmp: Path, root: Path, out: str, *sets: str) -> Path:
 def trained(tmp_path_factory, phantom_root):
     tmp = tmp_path_factory.mktemp("trained")
     essnet = _train(tmp, phantom_root, "essnet", "stage=essnet")
-    unet = _train(tmp, phantom_root, "unet", "unet.epochs=3")
+    unet = _train(tmp, phantom_root, "unet", "unet.iterations=12")
     return essnet, unet
 
 
@@ -104,13 +104,13 @@ def test_evaluate_checkpoint_segments_the_test_split(trained, phantom_root, tmp_
 
 
 def test_show_config_and_validate(capsys):
-    assert main(["show-config", str(TINY), "--set", "unet.epochs=7"]) == 0
-    assert "epochs: 7" in capsys.readouterr().out
+    assert main(["show-config", str(TINY), "--set", "unet.iterations=7"]) == 0
+    assert "iterations: 7" in capsys.readouterr().out
     assert main(["validate", str(REPO / "experiments"), str(REPO / "search_spaces")]) == 0
     assert "0 invalid" in capsys.readouterr().out
 
 
 def test_bad_override_is_one_line_exit_2(capsys):
-    assert main(["show-config", str(TINY), "--set", "unet.epochs=-3"]) == 2
+    assert main(["show-config", str(TINY), "--set", "unet.iterations=-3"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "unet.epochs" in err and str(TINY) in err
+    assert "\n" not in err and "unet.iterations" in err and str(TINY) in err

@@ -1,4 +1,4 @@
-"""torch datasets, augmentation and the mixing sampler."""
+"""torch datasets and the mixing sampler (augmentation: test_data_augment.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import torch
 from data_helpers import tiny_phantoms
 from torch.utils.data import ConcatDataset, DataLoader
 
-from liverlab.data.augment import Augment
 from liverlab.data.cache import SliceSet, load_slices
 from liverlab.data.datasets import MixingSampler, SegmentationSlices, UnpairedSlices, mixing_counts, unpaired_patients
 from liverlab.errors import LiverlabError
@@ -22,10 +21,6 @@ def slices(tmp_path_factory: pytest.TempPathFactory) -> tuple[SliceSet, SliceSet
     return ct, mri
 
 
-def _liver_index(s: SliceSet) -> int:
-    return int(np.flatnonzero(np.asarray(s.masks).reshape(len(s), -1).sum(1) > 20)[0])
-
-
 def test_segmentation_item(slices: tuple[SliceSet, SliceSet]) -> None:
     ct, _ = slices
     ds = SegmentationSlices(ct)
@@ -36,51 +31,6 @@ def test_segmentation_item(slices: tuple[SliceSet, SliceSet]) -> None:
     np.testing.assert_array_equal(item["image"][0].numpy(), ct.images[3])
     batch = next(iter(DataLoader(ds, batch_size=4)))
     assert batch["image"].shape == (4, 1, 32, 32) and len(batch["patient_id"]) == 4
-
-
-def test_augment_geometry_matches_mask(slices: tuple[SliceSet, SliceSet]) -> None:
-    ct, _ = slices
-    i = _liver_index(ct)
-    mask = torch.from_numpy(np.array(ct.masks[i], dtype=np.int64))
-    image = (mask.float() * 2 - 1)[None]  # image = mask, so geometry must agree
-    aug = Augment(flip=True, rotate_degrees=25, scale=0.2, intensity=0.0, seed=3)
-    for _ in range(10):
-        im2, m2 = aug(image, mask)
-        assert m2 is not None and m2.dtype == torch.long and set(m2.unique().tolist()) <= {0, 1}
-        agree = ((im2[0] > 0).long() == m2).float().mean()
-        assert agree > 0.97
-
-
-def test_augment_switches_and_seed(slices: tuple[SliceSet, SliceSet]) -> None:
-    ct, _ = slices
-    i = _liver_index(ct)
-    image = torch.from_numpy(np.array(ct.images[i]))[None]
-    mask = torch.from_numpy(np.array(ct.masks[i], dtype=np.int64))
-    off = Augment(flip=False, rotate_degrees=0, scale=0, intensity=0)
-    im, m = off(image, mask)
-    assert torch.equal(im, image) and m is not None and torch.equal(m, mask)
-    flips = Augment(flip=True, rotate_degrees=0, scale=0, intensity=0, seed=0)
-    seen = set()
-    for _ in range(12):
-        im, m = flips(image, mask)
-        assert m is not None
-        flipped = torch.equal(im, image.flip(-1)) and torch.equal(m, mask.flip(-1))
-        assert flipped or (torch.equal(im, image) and torch.equal(m, mask))
-        seen.add(flipped)
-    assert seen == {True, False}
-    a, b = Augment(seed=5), Augment(seed=5)
-    assert all(torch.equal(a(image, mask)[0], b(image, mask)[0]) for _ in range(3))
-    jit = Augment(flip=False, rotate_degrees=0, scale=0, intensity=0.3, seed=1)
-    out, _ = jit(image, None)
-    assert not torch.equal(out, image) and out.min() >= -1 and out.max() <= 1
-
-
-def test_augment_batched(slices: tuple[SliceSet, SliceSet]) -> None:
-    ct, _ = slices
-    images = torch.from_numpy(np.array(ct.images[:6]))[:, None]
-    masks = torch.from_numpy(np.array(ct.masks[:6], dtype=np.int64))
-    im, m = Augment(seed=0)(images, masks)
-    assert im.shape == images.shape and m is not None and m.shape == masks.shape
 
 
 def test_unpaired_draws_mri_independently(slices: tuple[SliceSet, SliceSet]) -> None:

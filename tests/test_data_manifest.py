@@ -140,3 +140,58 @@ def test_patients_from_dataset_json(tmp_path: Path) -> None:
     for seed in range(20):
         s = mf.assign_splits(df, 0.3, 0.3, seed)["split"].to_list()
         assert s[0] == s[1]
+
+
+# ----------------------------------------------------------------------------- k-fold over patients
+
+
+def test_kfold_known_partition_each_patient_tested_once() -> None:
+    # default_rng(0).permutation(5) = [2, 4, 3, 0, 1]: folds of one patient each, in that order.
+    ids = ["1", "2", "3", "5", "8"]
+    tested = [
+        [p for p, s in mf.patient_splits(ids, 0.0, 0.2, 0, folds=5, fold=k).items() if s == "test"] for k in range(5)
+    ]
+    assert tested == [["3"], ["8"], ["5"], ["1"], ["2"]]
+    assert all(s in ("train", "test") for s in mf.patient_splits(ids, 0.0, 0.2, 0, folds=5, fold=0).values())
+
+
+@pytest.mark.parametrize(("n", "folds", "val"), [(5, 5, 0.0), (7, 3, 0.25), (11, 4, 0.2), (6, 2, 0.5)])
+def test_kfold_every_patient_tested_exactly_once(n: int, folds: int, val: float) -> None:
+    ids = [f"p{i:02d}" for i in range(n)]
+    for seed in range(5):
+        tests: list[str] = []
+        for k in range(folds):
+            out = mf.patient_splits(ids, val, 0.2, seed, folds=folds, fold=k)
+            assert sorted(out) == ids  # every patient in exactly one split of this fold
+            test = [p for p, s in out.items() if s == "test"]
+            assert len(test) in (n // folds, -(-n // folds))  # near-equal folds
+            assert "train" in out.values()
+            assert ("val" in out.values()) == (val > 0)
+            tests += test
+            assert out == mf.patient_splits(list(reversed(ids)), val, 0.2, seed, folds=folds, fold=k)  # same seed, same
+        assert sorted(tests) == ids
+
+
+def test_kfold_validation_share_of_the_rest() -> None:
+    # 7 patients, 3 folds: fold 0 tests 3 (p2, p4, p3), val 0.25 of the other 4 = 1 patient.
+    out = mf.patient_splits([f"p{i}" for i in range(7)], 0.25, 0.2, 0, folds=3, fold=0)
+    assert out == {"p2": "test", "p4": "test", "p3": "test", "p6": "val", "p5": "train", "p0": "train", "p1": "train"}
+
+
+def test_kfold_errors_name_the_key() -> None:
+    with pytest.raises(LiverlabError, match="data.split.folds = 6"):
+        mf.patient_splits(["a", "b", "c", "d", "e"], 0.0, 0.2, 0, folds=6, fold=0)
+    with pytest.raises(LiverlabError, match="data.split.fold = 3"):
+        mf.patient_splits(["a", "b", "c"], 0.0, 0.2, 0, folds=3, fold=3)
+    from liverlab.config import config_from_dict
+
+    with pytest.raises(LiverlabError, match=r"data\.split.*fold must be < data\.split\.folds"):
+        config_from_dict({"data": {"root": ".", "split": {"folds": 5, "fold": 5}}}, source="x.yaml")
+
+
+def test_kfold_assign_splits_by_patient() -> None:
+    df = _fake_manifest({f"p{i}": 2 for i in range(6)})
+    out = mf.assign_splits(df, 0.0, 0.2, 1, folds=3, fold=2)
+    per_patient = out.group_by("patient_id").agg(pl.col("split").n_unique().alias("n"))
+    assert per_patient["n"].max() == 1
+    assert out.filter(pl.col("split") == "test")["patient_id"].n_unique() == 2

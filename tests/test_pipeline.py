@@ -22,8 +22,8 @@ def test_two_trials_share_one_translator_and_one_synthetic_set(phantom_root, tmp
     m2 = run_pipeline(second, log2, None, tmp_path / "t2", cache_root=cache)
     assert len(list((cache / "essnet").glob("*/done.json"))) == 1
     assert len(list((cache / "synthetic").glob("*/provenance.json"))) == 1
-    # Only the U-Net reports to the scheduler: one report per U-Net epoch.
-    assert [m["epoch"] for m in log1.metrics] == [1, 2] and "val/iou" in log1.metrics[0]
+    # Only the U-Net reports to the scheduler: one report per unet.val_every iterations.
+    assert [m["iteration"] for m in log1.metrics] == [4, 8] and "val/iou" in log1.metrics[0]
     assert m1["essnet/val/ssim"] == m2["essnet/val/ssim"]  # the second reused the first's translator
 
 

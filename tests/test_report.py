@@ -244,16 +244,18 @@ def test_infinite_values_are_counted_not_averaged() -> None:
     assert "1 pair(s) with an infinite value left out" in res["note"]
 
 
-def test_metric_source_falls_back_to_best_val() -> None:
+def test_test_columns_never_hold_validation_values() -> None:
     runs = pl.DataFrame({
         "run_id": ["a", "b", "c"], "arm": ["synthesis=none"] * 3, "seed": [0, 1, 2],
         "metric.test/iou": [0.8, None, None], "best.val/iou": [0.7, 0.75, 0.72],
     })
     vals = stats.metric_values(runs, ["iou"])
-    assert vals["value.iou"].to_list() == [0.8, 0.75, 0.72]
-    assert vals["source.iou"].to_list() == ["test", "best val", "best val"]
-    summary = stats.arm_summary(runs, ["iou"], n_boot=100)
-    assert summary["source"].to_list() == ["best val + test"] and summary["n"].to_list() == [3]
+    assert vals["value.iou"].to_list() == [0.8, None, None]  # no fallback to best.val
+    assert vals["val.iou"].to_list() == [0.7, 0.75, 0.72]
+    test = stats.arm_summary(runs, ["iou"], n_boot=100).row(0, named=True)
+    assert (test["source"], test["n"], test["mean"]) == ("test", 1, 0.8)
+    val = stats.arm_summary(runs, ["iou"], n_boot=100, split="val").row(0, named=True)
+    assert val["source"] == "best val" and val["n"] == 3 and val["mean"] == pytest.approx((0.7 + 0.75 + 0.72) / 3)
 
 
 def test_select_units_and_arm_helpers() -> None:
@@ -280,3 +282,93 @@ def test_known_store_reads_back() -> None:
     none = runs.filter(pl.col("arm") == "synthesis=none").sort("seed")
     assert none["metric.test/iou"].to_list() == NONE_IOU
     assert none["seed"].to_list() == [0, 1, 2, 3, 4]
+
+
+# ----------------------------------------------------------------------------- k-fold pooling
+
+FOLD_PATIENTS = [f"p{i}" for i in range(1, 7)]  # fold k tests p(2k+1), p(2k+2)
+
+
+def _fold_iou(arm: str, patient: int, seed: int) -> float:
+    base = 0.70 + 0.01 * patient + 0.005 * seed
+    return base + (0.02 + 0.002 * patient if arm == "essnet" else 0.0)
+
+
+@pytest.fixture(scope="module")
+def fold_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[KnownStore, Path]:
+    from report_fixtures import TrialSpec, build_custom_store
+
+    trials = []
+    for synth in ("none", "essnet", "cyclegan"):
+        for seed in (0, 1):
+            for fold in range(3):
+                if synth == "cyclegan" and seed == 1:
+                    continue
+                ids = (2 * fold + 1, 2 * fold + 2)
+                pp = {f"p{i}": _fold_iou(synth, i, seed) for i in ids}
+                test = None if synth == "cyclegan" else float(np.mean(list(pp.values())))
+                trials.append(TrialSpec(f"data.split.fold={fold},synthesis={synth}", seed, test,
+                                        None if synth == "cyclegan" else pp, val_iou=0.6 + 0.01 * fold,
+                                        set={"data.split.folds": 3}))
+    root = tmp_path_factory.mktemp("folds")
+    store = build_custom_store(root / "store", "folds", trials)
+    out = root / "report"
+    assert cli_main(["report", str(store.sweep_dir), "--out", str(out), "--no-log", "--bootstrap", "500"]) == 0
+    return store, out
+
+
+def test_folds_are_pooled_not_compared(fold_report: tuple[KnownStore, Path]) -> None:
+    _, out = fold_report
+    summary = pl.read_csv(out / "summary.csv")
+    assert sorted(summary["arm"].unique().to_list()) == ["synthesis=essnet", "synthesis=none"]  # no fold arms
+    for synth in ("none", "essnet"):
+        row = summary.filter((pl.col("arm") == f"synthesis={synth}") & (pl.col("metric") == "iou")).row(0, named=True)
+        # Over patients: each patient's mean over the 2 seeds, 6 patients (every one tested once per seed).
+        per_patient = [np.mean([_fold_iou(synth, i, s) for s in (0, 1)]) for i in range(1, 7)]
+        assert row["over"] == "patient" and row["n"] == 6 and row["source"] == "test"
+        assert row["mean"] == pytest.approx(np.mean(per_patient), abs=1e-9)
+        lo, hi = _t_ci(per_patient)
+        assert (row["t_lo"], row["t_hi"]) == (pytest.approx(lo, abs=1e-9), pytest.approx(hi, abs=1e-9))
+    results = pl.read_parquet(out / "results.parquet")
+    assert results.height == 15 and results["selected"].sum() == 15
+
+
+def test_fold_pooled_paired_levels(fold_report: tuple[KnownStore, Path]) -> None:
+    _, out = fold_report
+    comps = pl.read_csv(out / "comparisons.csv").filter((pl.col("arm") == "synthesis=essnet")
+                                                        & (pl.col("metric") == "iou"))
+    by = {r["level"]: r for r in comps.iter_rows(named=True)}
+    assert set(by) == {"seed", "patient", "seed x patient"}
+    d_patient = np.array([100 * (0.02 + 0.002 * i) for i in range(1, 7)])
+    assert by["patient"]["n"] == 6 and by["patient"]["mean_diff"] == pytest.approx(d_patient.mean())
+    lo, hi = _t_ci(list(d_patient))
+    assert (by["patient"]["t_lo"], by["patient"]["t_hi"]) == (pytest.approx(lo), pytest.approx(hi))
+    assert by["seed x patient"]["n"] == 12 and by["seed"]["n"] == 2
+    assert by["seed"]["mean_diff"] == pytest.approx(d_patient.mean())  # pooled unit = mean over 6 patients
+    md = (out / "report.md").read_text()
+    assert "**Pooled over 3 folds**" in md and "15 fold runs -> 5 units" in md
+    assert "n = 6 patients" in md  # the headline is the patient level
+    assert "6 patients" in md.split("## Per-arm results")[1].split("##")[0]
+    # The cyclegan arm logged no test metrics: missing from the test tables, shown under validation only.
+    assert "## Validation only (units without test metrics)" in md
+    val = md.split("## Validation only")[1].split("##")[0]
+    assert "| real + CycleGAN | IoU | best val | 1 | 0.6100 |" in val  # mean over folds of 0.60, 0.61, 0.62
+    assert "no test metrics in any fold" in md
+
+
+def test_pool_folds_warns_about_missing_and_repeated_patients() -> None:
+    from liverlab.report import folds
+
+    units = stats.metric_values(stats.with_arm(pl.DataFrame({
+        "run_id": ["a", "b", "c"], "arm": [f"data.split.fold={k},synthesis=none" for k in (0, 1, 1)],
+        "seed": [0, 0, 1], "metric.test/iou": [0.5, 0.7, 0.6], "param.data.split.folds": [2, 2, 2]})), ["iou"])
+    assert units["arm"].to_list() == ["synthesis=none"] * 3 and units["fold"].to_list() == [0, 1, 1]
+    pp = pl.DataFrame({"run_id": ["a", "b", "b", "c"], "patient_id": ["p1", "p1", "p2", "p2"],
+                       "metric": ["iou"] * 4, "value": [0.4, 0.6, 0.8, 0.6]})
+    pooled, notes = folds.pool_folds(units, folds.patient_rows(pp, units), ["iou"])
+    assert pooled["value.iou"].to_list() == [pytest.approx(0.6), pytest.approx(0.6)]  # (0.4+0.6+0.8)/3; 0.6
+    assert pooled["n_patients"].to_list() == [2, 1] and pooled["n_folds"].to_list() == [2, 1]
+    text = " | ".join(notes)
+    assert "seed 0: patient(s) p1 tested in more than one fold" in text
+    assert "seed 1: fold(s) 0 of 2 missing" in text
+    assert "seed 1: patient(s) p1 tested in other units but not here" in text

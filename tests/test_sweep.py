@@ -102,7 +102,7 @@ def test_pipeline_sweep_tracks_parent_and_children(tmp_path, phantom_root, ray_s
             assert tags.get(key), key
         assert tags["liverlab.stage"] == "pipeline" and tags["liverlab.space_file"] == str(space.resolve())
         history = client.get_metric_history(child.info.run_id, "val/iou")
-        assert [m.step for m in history] == [1, 2]
+        assert [m.step for m in history] == [4, 8]  # optimiser iterations (tiny: 8, validated every 4)
         assert "test/iou" in child.data.metrics
         assert child.data.params["synthesis"] == child.data.tags["liverlab.arm"].split("=")[1]
         artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
@@ -128,7 +128,7 @@ def test_a_failing_trial_is_recorded_failed_and_others_finish(tmp_path, phantom_
 
 def test_sigkill_of_the_driver_resumes_with_one_run_per_trial(tmp_path, phantom_root):
     space = _write_space(tmp_path, phantom_root, "killed", arms={"unet.model.norm": ["batch", "instance"]},
-                         set={"unet.epochs": 40, "unet.patience": 40})
+                         set={"unet.iterations": 160, "unet.val_every": 4})
     storage = tmp_path / "s"
     cmd = [sys.executable, "-m", "liverlab.cli", "sweep", str(space), "--storage", str(storage), "--no-report"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -174,3 +174,24 @@ def test_existing_sweep_needs_resume_and_resume_needs_a_sweep(tmp_path, phantom_
     assert run_sweep(SweepOptions(space=str(space), storage=storage, resume=True, live=False, report=False)) == 0
     _, _, children = _runs(tmp_path / "s" / "again")
     assert len(children) == 1 and children[0].info.status == "FINISHED"
+
+
+def test_relative_data_paths_mean_the_directory_the_sweep_ran_from(tmp_path, phantom_root, monkeypatch):
+    """A trial runs in Ray's working directory; relative paths must still mean the driver's."""
+    from liverlab.sweep.space import load_space
+
+    base = yaml.safe_load(TINY.read_text())
+    base["data"].pop("phantom")
+    base["data"]["root"] = "phantoms"  # relative, like the shipped CHAOS experiments
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    space = {"name": "rel", "base": "base.yaml", "stage": "unet", "seeds": [0], "set": {"data.cache_dir": "cache"},
+             "objective": {"metric": "val/iou", "mode": "max"}, "scheduler": {"type": "none"}}
+    (tmp_path / "rel.yaml").write_text(yaml.safe_dump(space))
+    monkeypatch.chdir(tmp_path)
+    loaded = load_space("rel.yaml")
+    elsewhere = tmp_path / "ray-trial-dir"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # what a Ray worker sees
+    cfg = loaded.config({}, 0)
+    assert cfg.data.root == str(tmp_path / "phantoms")
+    assert cfg.data.cache_dir == str(tmp_path / "cache")

@@ -246,7 +246,7 @@ def test_params_round_trip_with_types(sweep: tuple[str, str, str]) -> None:
     assert r["param.channels_last"] is True and schema["param.channels_last"] == pl.Boolean
     assert r["param.synthesis"] == "essnet" and schema["param.synthesis"] == pl.String
     assert r["param.essnet.lambda_seg"] == 1.0 and schema["param.essnet.lambda_seg"] == pl.Float64
-    assert r["param.unet.steps_per_epoch"] is None and schema["param.unet.steps_per_epoch"] == pl.Int64
+    assert r["param.essnet.steps_per_epoch"] is None and schema["param.essnet.steps_per_epoch"] == pl.Int64
     assert r["param.essnet.optim.lr"] == pytest.approx(2e-4)
     assert (r["param.extra.n"], r["param.extra.f"], r["param.extra.b"], r["param.extra.s"]) == (3, 0.25, False, "abc")
     assert len(r["param.extra.long"]) == 6000

@@ -110,5 +110,25 @@ def test_every_arm_is_judged_by_the_same_reference_segmenter(phantom_root, tmp_p
     essnet = train_essnet(tiny_config(phantom_root, synthesis="essnet", **sets), ReportLog(), None, tmp_path / "e")
     assert 0.0 <= cyclegan["val/shape_dice"] <= 1.0 and "val/seg_dice" not in cyclegan
     assert 0.0 <= essnet["val/seg_dice"] <= 1.0 and "val/shape_dice" in essnet
+    # The judge's own held-out IoU on real MRI is logged beside every shape_dice, the same in both arms.
+    assert 0.0 <= cyclegan["val/judge_iou"] <= 1.0 and cyclegan["val/judge_iou"] == essnet["val/judge_iou"]
     key = reference_key(tiny_config(phantom_root, **sets))[:24]
-    assert len(list(phantom_root.glob(f"mri/.cache/reference_segmenter/{key}.pt"))) == 1  # trained once, shared
+    folder = phantom_root / "mri" / ".cache" / "reference_segmenter" / key
+    assert (folder / "judge.pt").is_file() and (folder / "judge.json").is_file()  # trained once, shared
+
+
+def test_judge_is_the_unet_recipe_and_its_cache_follows_the_recipe(phantom_root):
+    """The judge trains with train_unet's recipe; another recipe is another judge, the same one a cache hit."""
+    from liverlab.train.reference import judge_config, judge_iterations, reference_key
+
+    base = tiny_config(phantom_root, **{"essnet.reference_steps": None, "unet.iterations": 37, "unet.val_every": 50})
+    assert judge_iterations(base) == 37
+    cfg = judge_config(base.model_copy(update={"seed": 5}))
+    assert cfg.seed == 0 and cfg.unet.iterations == 37 and cfg.unet.val_every == 37 and cfg.unet.mixing_ratio == 0
+    assert judge_iterations(tiny_config(phantom_root, **{"essnet.reference_steps": 0})) == 0
+    k = reference_key(base)
+    assert reference_key(base.model_copy(update={"seed": 9})) == k  # the trial's seed is not the judge's
+    assert reference_key(tiny_config(phantom_root, **{"essnet.reference_steps": None, "unet.iterations": 38})) != k
+    other_aug = tiny_config(phantom_root, **{"essnet.reference_steps": None, "unet.iterations": 37, "unet.val_every": 50,
+                                             "unet.augment.rotate_degrees": 3.0})
+    assert reference_key(other_aug) != k

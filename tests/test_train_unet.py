@@ -1,4 +1,5 @@
-"""U-Net stage: learning, validation, early stopping, test table, mixing, resume."""
+"""U-Net stage: learning, iterations and schedule, equal steps across arms, k-fold,
+keep last/best, early stopping, test table, mixing, resume, checkpoint contents."""
 
 from __future__ import annotations
 
@@ -13,7 +14,15 @@ from liverlab.losses import dice_ce_loss
 from liverlab.train import data as tdata
 from liverlab.train.common import NonFiniteLoss, check_finite, load_checkpoint
 from liverlab.train.evaluate import case_metrics, predict_slices
-from liverlab.train.unet import UNetData, build_unet, train_unet
+from liverlab.train.unet import UNetData, build_unet, lr_factor, train_unet
+
+
+def _steps_taken(workdir) -> int:
+    """Optimiser steps from AdamW's own per-parameter counter in the last checkpoint."""
+    state = load_checkpoint(workdir / "checkpoint")
+    steps = {float(s["step"]) for s in state["optim"]["state"].values()}
+    assert len(steps) == 1
+    return int(steps.pop())
 
 
 def test_unet_overfits_one_phantom_patient(phantom_root):
@@ -35,50 +44,134 @@ def test_unet_overfits_one_phantom_patient(phantom_root):
     assert len(rows) == 1 and rows[0]["iou"] > 0.9, rows
 
 
-def test_train_unet_reports_per_epoch_and_writes_the_test_table(phantom_root, tmp_path):
-    config = tiny_config(phantom_root, **{"unet.epochs": 3})
+def test_lr_schedules_known_values():
+    assert lr_factor("poly", 0, 100) == 1.0
+    assert lr_factor("poly", 50, 100) == pytest.approx(0.5**0.9)
+    assert lr_factor("poly", 99, 100) == pytest.approx(0.01**0.9)
+    assert lr_factor("cosine", 50, 100) == pytest.approx(0.5)
+    assert lr_factor("cosine", 0, 100) == 1.0
+    assert lr_factor("constant", 73, 100) == 1.0
+
+
+def test_train_unet_reports_every_val_every_steps_and_writes_the_test_table(phantom_root, tmp_path):
+    config = tiny_config(phantom_root, **{"unet.iterations": 10, "unet.val_every": 4})
     log = ReportLog()
     metrics = train_unet(config, log, None, tmp_path)
-    assert [m["epoch"] for m in log.metrics] == [1, 2, 3]
+    assert [m["iteration"] for m in log.metrics] == [4, 8, 10]
     assert all(0.0 <= m["val/iou"] <= 1.0 and "val/dice" in m for m in log.metrics)
     assert all(c is not None for c in log.checkpoints)
+    assert _steps_taken(tmp_path) == 10
+    # poly: the last step (index 9 of 10) ran at lr * (1 - 9/10)^0.9.
+    assert log.metrics[-1]["train/lr"] == pytest.approx(config.unet.optim.lr * 0.1**0.9)
     table = pl.read_parquet(tmp_path / "per_patient.parquet")
     assert set(table.columns) >= {"patient_id", "iou", "dice", "ravd", "assd", "mssd"}
-    test_patients = {tdata.split_table(config.data.mri_dir, config).filter(pl.col("split") == "test")["patient_id"].to_list()[0]}
-    assert set(table["patient_id"].to_list()) == test_patients
+    split = tdata.split_table(config.data.mri_dir, config)
+    assert set(table["patient_id"].to_list()) == set(split.filter(pl.col("split") == "test")["patient_id"].to_list())
     assert metrics["test/iou"] == pytest.approx(table["iou"].mean())
-    weights = load_checkpoint(tmp_path / "best.pt")
+
+
+def test_best_pt_holds_last_weights_patients_and_manifest_hash(phantom_root, tmp_path):
+    from liverlab.data.manifest import ensure_manifest, manifest_hash
+
+    config = tiny_config(phantom_root)
+    train_unet(config, ReportLog(), None, tmp_path)
+    weights = load_checkpoint(tmp_path / "best.pt")  # weights_only=True
     assert weights["kind"] == "unet_weights"
+    last = load_checkpoint(tmp_path / "checkpoint")["model"]
+    assert all(torch.equal(weights["model"][k], last[k]) for k in last)  # keep: last
+    split = tdata.split_table(config.data.mri_dir, config)
+    seen = split.filter(pl.col("split").is_in(["train", "val"]))["patient_id"].unique().sort().to_list()
+    assert weights["train_patients"] == seen and all(isinstance(p, str) for p in seen)
+    assert weights["manifest_hash"] == manifest_hash(ensure_manifest(config.data.mri_dir))
+
+
+def test_equal_optimizer_steps_whatever_the_mixing_ratio(phantom_root, tmp_path):
+    """r changes what is in a batch, never how many steps (the phantom MRI stands in for a synthetic set)."""
+    logs = {}
+    for r in (0.0, 2.0):
+        extra = {"unet.mixing_ratio": r, "unet.synthetic": str(phantom_root / "mri")} if r else {}
+        log = ReportLog()
+        train_unet(tiny_config(phantom_root, **{"unet.iterations": 6, "unet.val_every": 3, **extra}), log, None, tmp_path / str(r))
+        logs[r] = log
+        assert _steps_taken(tmp_path / str(r)) == 6
+    assert [m["iteration"] for m in logs[0.0].metrics] == [m["iteration"] for m in logs[2.0].metrics] == [3, 6]
+    assert [m["train/lr"] for m in logs[0.0].metrics] == [m["train/lr"] for m in logs[2.0].metrics]
+
+
+def test_unet_trains_on_liver_free_slices_by_default(phantom_root):
+    config = tiny_config(phantom_root)
+    data = UNetData(config)
+    train_cases = tdata.cases_in(config.data.mri_dir, config, "train")
+    every = tdata.load(config, config.data.mri_dir, "mri", None, all_slices=True, cases=train_cases)
+    assert config.unet.empty_slice_fraction == 1.0 and len(data.train) == len(every) == 8 * len(train_cases)
+    empty = np.asarray(data.train.masks).reshape(len(data.train), -1).max(1) == 0
+    assert empty.any()
+    liver_only = UNetData(tiny_config(phantom_root, **{"unet.empty_slice_fraction": 0.0}))
+    assert len(liver_only.train) == int((~empty).sum())
+    assert np.asarray(liver_only.train.masks).reshape(len(liver_only.train), -1).max(1).min() == 1
+
+
+def test_kfold_split_trains_without_validation_and_tests_the_fold(phantom_root, tmp_path):
+    config = tiny_config(phantom_root, **{"data.split": {"folds": 3, "fold": 1, "val": 0.0}})
+    log = ReportLog()
+    metrics = train_unet(config, log, None, tmp_path)
+    assert [m["iteration"] for m in log.metrics] == [4, 8]
+    assert not any(k.startswith("val/") for k in log.metrics[0]) and "train/loss" in log.metrics[0]
+    split = tdata.split_table(config.data.mri_dir, config)
+    test = split.filter(pl.col("split") == "test")["patient_id"].unique().sort().to_list()
+    assert len(test) == 2 and "val" not in split["split"].to_list()
+    table = pl.read_parquet(tmp_path / "per_patient.parquet")
+    assert sorted(table["patient_id"].to_list()) == test and "test/iou" in metrics
+    assert load_checkpoint(tmp_path / "best.pt")["train_patients"] == sorted(set(split["patient_id"]) - set(test))
+
+
+def test_keep_best_needs_validation_patients(phantom_root):
+    with pytest.raises(LiverlabError, match="data.split.val"):
+        UNetData(tiny_config(phantom_root, **{"data.split": {"folds": 3, "val": 0.0}, "unet.keep": "best"}))
 
 
 def test_early_stopping_stops_after_patience(phantom_root, tmp_path):
-    # lr tiny: val/iou cannot improve after the first epoch, so patience 1 stops at epoch 2.
-    config = tiny_config(phantom_root, **{"unet.epochs": 6, "unet.patience": 1, "unet.optim.lr": 1e-12})
+    # lr tiny: val/iou cannot improve after the first validation, so patience 1 stops after the second.
+    config = tiny_config(phantom_root, **{
+        "unet.iterations": 24, "unet.val_every": 4, "unet.keep": "best", "unet.early_stopping": True,
+        "unet.patience": 1, "unet.optim.lr": 1e-12,
+    })
     log = ReportLog()
     train_unet(config, log, None, tmp_path)
-    assert len(log.metrics) == 2
-
-
-def test_resume_continues_from_last_epoch(phantom_root, tmp_path):
-    train_unet(tiny_config(phantom_root, **{"unet.epochs": 2}), ReportLog(), None, tmp_path)
+    assert [m["iteration"] for m in log.metrics] == [4, 8]
+    # Without early_stopping, patience is not used: all 6 validations run.
     log = ReportLog()
-    train_unet(tiny_config(phantom_root, **{"unet.epochs": 3}), log, None, tmp_path)
-    assert [m["epoch"] for m in log.metrics] == [3]
+    train_unet(tiny_config(phantom_root, **{"unet.iterations": 24, "unet.val_every": 4, "unet.patience": 1,
+                                           "unet.optim.lr": 1e-12}), log, None, tmp_path / "full")
+    assert len(log.metrics) == 6
+
+
+def test_resume_continues_from_last_iteration(phantom_root, tmp_path):
+    train_unet(tiny_config(phantom_root, **{"unet.iterations": 8}), ReportLog(), None, tmp_path)
+    log = ReportLog()
+    train_unet(tiny_config(phantom_root, **{"unet.iterations": 12}), log, None, tmp_path)
+    assert [m["iteration"] for m in log.metrics] == [12]
+    assert _steps_taken(tmp_path) == 12
+
+
+def test_old_epoch_keys_are_clear_errors(phantom_root):
+    with pytest.raises(LiverlabError, match="unet.epochs was removed: use unet.iterations"):
+        tiny_config(phantom_root, **{"unet.epochs": 3})
 
 
 def test_mixing_ratio_draws_synthetic_slices(phantom_root):
     # The phantom MRI folder stands in for a synthetic set: the sampler mixes the two.
-    config = tiny_config(phantom_root, **{
-        "unet.mixing_ratio": 2.0, "unet.synthetic": str(phantom_root / "mri"), "unet.steps_per_epoch": 30,
-    })
+    config = tiny_config(phantom_root, **{"unet.mixing_ratio": 2.0, "unet.synthetic": str(phantom_root / "mri")})
     data = UNetData(config)
     assert data.n_synth > 0
-    drawn = np.array(list(data.loader(0).sampler))
+    loader = data.loader(0, 30)
+    assert len(loader) == 30
+    drawn = np.array(list(loader.sampler))
     synth = (drawn >= data.n_real).sum()
     assert synth / (len(drawn) - synth) == pytest.approx(2.0, rel=0.02)
     # Real only: no synthetic index is ever drawn.
     real = UNetData(tiny_config(phantom_root))
-    assert (np.array(list(real.loader(0).sampler)) < real.n_real).all()
+    assert (np.array(list(real.loader(0, 30).sampler)) < real.n_real).all()
 
 
 def test_mixing_without_synthetic_set_is_a_clear_error(phantom_root):
@@ -89,4 +182,30 @@ def test_mixing_without_synthetic_set_is_a_clear_error(phantom_root):
 def test_non_finite_loss_stops_with_a_reason():
     check_finite({"train/loss": 1.0}, "here")
     with pytest.raises(NonFiniteLoss, match="train/loss=nan at|train/loss=nan"):
-        check_finite({"train/loss": float("nan")}, "unet epoch 1 step 3")
+        check_finite({"train/loss": float("nan")}, "unet iteration 3")
+
+
+def test_fold_is_a_sweep_arm_factor_and_max_t_counts_reports(phantom_root, tmp_path):
+    import yaml
+
+    from conftest import TINY
+    from liverlab.config import read_yaml
+    from liverlab.sweep.space import load_space
+
+    base = read_yaml(TINY)
+    base["data"].update(root=str(phantom_root), split={"folds": 3, "val": 0.0})
+    base["data"].pop("phantom", None)
+    base["unet"].update(iterations=10, val_every=4)
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    space = {"name": "cv", "base": "base.yaml", "stage": "unet", "arms": {"data.split.fold": [0, 1, 2]}}
+    (tmp_path / "cv.yaml").write_text(yaml.safe_dump(space))
+    loaded = load_space(tmp_path / "cv.yaml")
+    configs = [loaded.config(arm, 0) for arm in loaded.arms()]
+    assert [c.data.split.fold for c in configs] == [0, 1, 2]
+    assert loaded.max_t(configs[0]) == 3  # reports at iterations 4, 8, 10
+    tested = [tdata.cases_in(c.data.mri_dir, c, "test") for c in configs]
+    assert sorted(sum(tested, [])) == sorted(tdata.split_table(configs[0].data.mri_dir, configs[0])["case_id"].to_list())
+    space["arms"] = {"data.split.fold": [0, 3]}
+    (tmp_path / "cv.yaml").write_text(yaml.safe_dump(space))
+    with pytest.raises(LiverlabError, match="data.split.fold must be < data.split.folds"):
+        load_space(tmp_path / "cv.yaml")

@@ -23,7 +23,8 @@ _EXPORTS: dict[str, str] = {
     "ensure_phantoms": "phantoms",
     "make_patient": "phantoms",
     # importers.py
-    "import_chaos_ct": "importers",
+    "import_chaos": "chaos",
+    "import_chaos_ct": "chaos",
     "import_nifti": "importers",
     # manifest.py
     "build_manifest": "manifest",

@@ -1,9 +1,39 @@
-"""Slice augmentation on tensors: flips, small rotations and scaling, intensity jitter.
+"""Slice augmentation on tensors: anatomical flips, rotation, scaling, intensity.
 
 Geometry is applied identically to image and mask (one sampling grid; the
-image bilinear, the mask nearest, so labels stay labels). Every part can be
-switched off with a zero (or ``flip=False``); when rotation and scaling are
-both off, no resampling happens at all, so the image is not blurred.
+image bilinear, the mask nearest, so labels stay labels). Intensity
+operations change the image only, never the mask.
+
+Flips are named by anatomical axis, in the cache layout of
+``liverlab.data.cache`` (rows, dim -2, run along x = patient left-right;
+columns, dim -1, along y = anterior-posterior): ``left_right`` mirrors the
+rows, ``anterior_posterior`` the columns; each listed axis is flipped with
+probability 0.5. The default is no flip: the liver is on the patient's
+right and the abdomen is never upside down, and both are cues a segmenter
+should keep. When rotation and scaling are both off, no resampling happens,
+so the image is not blurred.
+
+Intensity augmentation (nnU-Net style) covers the contrast differences
+between scanners and patients that per-volume percentile normalisation does
+not remove. Each operation fires per slice with probability ``p`` and draws
+its strength uniformly from ``(lo, hi)`` (a ``RandomRange``). They work on
+``u = (image + 1) / 2`` in [0, 1], where air (image -1) is u = 0, in this
+order:
+
+- ``blur``: Gaussian blur, sigma in pixels.
+- ``bias_field``: multiply by a smooth positive field ``exp(s * g)``, ``g``
+  a random cubic polynomial in (row, column) scaled to max ``|g|`` = 1, ``s``
+  the drawn strength (so the field lies in [exp(-s), exp(s)]); air stays 0.
+- ``brightness``: multiply by the drawn factor; air stays 0.
+- ``contrast``: scale about the slice mean by the drawn factor, clipped to
+  the slice's own [min, max] (air stays the darkest value).
+- ``gamma``: ``u ** g``; 0 (air) and 1 stay fixed, like a different scanner's
+  monotone intensity response after percentile normalisation.
+- ``noise``: add Gaussian noise, the drawn value its standard deviation in
+  image units ([-1, 1] scale).
+
+The result is clipped to [0, 1] and mapped back to [-1, 1]. A slice that no
+operation fires on is returned unchanged (not even rounded).
 
 Randomness: with ``seed`` the augmenter owns a ``torch.Generator`` (exactly
 reproducible in one process). With ``seed=None`` it draws from torch's global
@@ -15,6 +45,8 @@ the same stream there.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -23,65 +55,143 @@ import torch.nn.functional as F
 #: outside the image are filled with it rather than with mid-grey.
 FILL = -1.0
 
+#: Anatomical flip axis -> tensor dim of a (..., H, W) slice in the cache layout.
+FLIP_AXES: dict[str, int] = {"left_right": -2, "anterior_posterior": -1}
+
+#: Intensity operations in the order they are applied.
+INTENSITY_OPS = ("blur", "bias_field", "brightness", "contrast", "gamma", "noise")
+
+
+@dataclass(frozen=True)
+class RandomRange:
+    """Apply with probability ``p``; draw the strength uniformly from [lo, hi]."""
+
+    p: float
+    lo: float
+    hi: float
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.p <= 1.0 or self.lo > self.hi:
+            raise ValueError(f"RandomRange needs 0 <= p <= 1 and lo <= hi, got {self}")
+
+
+def bias_field(
+    n: int, height: int, width: int, strength: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """``n`` smooth positive fields (n, 1, H, W): ``exp(strength * g)``, g a cubic with max |g| = 1.
+
+    ``strength`` is (n,) (log-amplitude); a strength of 0 gives exactly 1.
+    """
+    coef = torch.rand(n, 10, generator=generator) * 2.0 - 1.0
+    x = torch.linspace(-1.0, 1.0, height).view(height, 1)
+    y = torch.linspace(-1.0, 1.0, width).view(1, width)
+    terms = [x**i * y**j for i in range(4) for j in range(4 - i)]  # 10 monomials of degree <= 3
+    basis = torch.stack([t.expand(height, width) for t in terms])  # (10, H, W)
+    g = torch.einsum("nk,khw->nhw", coef, basis)
+    g = g / g.abs().amax(dim=(1, 2), keepdim=True).clamp_min(1e-6)
+    return torch.exp(strength.view(n, 1, 1) * g)[:, None]
+
+
+def gaussian_blur(u: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (n, 1, H, W) with ``sigma`` pixels (reflect padding)."""
+    if sigma <= 0:
+        return u
+    radius = max(1, int(math.ceil(3.0 * sigma)))
+    radius = min(radius, u.shape[-1] - 1, u.shape[-2] - 1)
+    t = torch.arange(-radius, radius + 1, dtype=u.dtype)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = k / k.sum()
+    out = F.conv2d(F.pad(u, (radius, radius, 0, 0), mode="reflect"), k.view(1, 1, 1, -1))
+    return F.conv2d(F.pad(out, (0, 0, radius, radius), mode="reflect"), k.view(1, 1, -1, 1))
+
 
 class Augment:
-    """Random flips, rotations, scaling and intensity jitter for (image, mask).
+    """Random anatomical flips, rotation, scaling and intensity ops for (image, mask).
 
     ``image``: (1, H, W) or (B, 1, H, W) float in [-1, 1]; ``mask``: (H, W) or
     (B, H, W) integer, or None. Returns ``(image, mask)`` with the same shapes
-    and dtypes. Parameters: ``flip`` left-right flip with probability 0.5;
-    ``rotate_degrees`` uniform in +-degrees; ``scale`` zoom factor uniform in
-    1 +- scale; ``intensity`` contrast and brightness jitter, each uniform in
-    +- intensity (result clamped to [-1, 1]).
+    and dtypes. ``flip``: anatomical axes (``FLIP_AXES``), each flipped with
+    probability 0.5; ``rotate_degrees`` uniform in +-degrees; ``scale`` zoom
+    uniform in 1 +- scale; the intensity ops are ``RandomRange`` or None (off).
+    Every default is off: ``Augment()`` is the identity; the training
+    defaults live in ``AugmentConfig`` (``Augment.from_config``).
     """
 
     def __init__(
         self,
-        flip: bool = True,
-        rotate_degrees: float = 10.0,
-        scale: float = 0.1,
-        intensity: float = 0.1,
+        flip: Sequence[str] = (),
+        rotate_degrees: float = 0.0,
+        scale: float = 0.0,
+        *,
+        blur: RandomRange | None = None,
+        bias_field: RandomRange | None = None,
+        brightness: RandomRange | None = None,
+        contrast: RandomRange | None = None,
+        gamma: RandomRange | None = None,
+        noise: RandomRange | None = None,
         seed: int | None = None,
     ) -> None:
-        if rotate_degrees < 0 or not 0 <= scale < 1 or intensity < 0:
-            raise ValueError("rotate_degrees >= 0, 0 <= scale < 1 and intensity >= 0 are required")
-        self.flip = bool(flip)
+        if isinstance(flip, (str, bool)):
+            raise ValueError(f"flip must be a list of anatomical axes {sorted(FLIP_AXES)}, got {flip!r}")
+        unknown = [a for a in flip if a not in FLIP_AXES]
+        if unknown:
+            raise ValueError(f"unknown flip axis {unknown[0]!r}: use any of {sorted(FLIP_AXES)}")
+        if rotate_degrees < 0 or not 0 <= scale < 1:
+            raise ValueError("rotate_degrees >= 0 and 0 <= scale < 1 are required")
+        self.flip = tuple(dict.fromkeys(flip))
         self.rotate_degrees = float(rotate_degrees)
         self.scale = float(scale)
-        self.intensity = float(intensity)
+        ops = {"blur": blur, "bias_field": bias_field, "brightness": brightness, "contrast": contrast}
+        ops |= {"gamma": gamma, "noise": noise}
+        for name, op in ops.items():
+            if op is not None and name in ("brightness", "contrast", "gamma") and op.lo <= 0:
+                raise ValueError(f"{name} factors must be > 0, got {op}")
+            if op is not None and op.lo < 0:
+                raise ValueError(f"{name} strengths must be >= 0, got {op}")
+        self.intensity: dict[str, RandomRange] = {k: v for k, v in ops.items() if v is not None and v.p > 0}
         self.generator: torch.Generator | None = None
         if seed is not None:
             self.generator = torch.Generator().manual_seed(int(seed))
 
     @classmethod
     def from_config(cls, cfg: object, seed: int | None = None) -> Augment:
-        """Build from an ``AugmentConfig`` (anything with flip/rotate_degrees/scale/intensity)."""
+        """Build from an ``AugmentConfig`` (flip, rotate_degrees, scale and one ``{p, range}`` per op)."""
+        ops: dict[str, RandomRange | None] = {}
+        for name in INTENSITY_OPS:
+            op = getattr(cfg, name)
+            ops[name] = None if op is None else RandomRange(float(op.p), float(op.range[0]), float(op.range[1]))
         return cls(
-            flip=bool(getattr(cfg, "flip")),
+            flip=list(getattr(cfg, "flip")),
             rotate_degrees=float(getattr(cfg, "rotate_degrees")),
             scale=float(getattr(cfg, "scale")),
-            intensity=float(getattr(cfg, "intensity")),
             seed=seed,
+            **ops,
         )
 
     def _uniform(self, n: int, lo: float, hi: float) -> torch.Tensor:
         return torch.rand(n, generator=self.generator) * (hi - lo) + lo
 
-    def __call__(self, image: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _fires(self, n: int, p: float) -> torch.Tensor:
+        return torch.rand(n, generator=self.generator) < p
+
+    def __call__(
+        self, image: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         single = image.dim() == 3
         img = image[None] if single else image
         msk = None if mask is None else (mask[None] if single else mask)
         b = img.shape[0]
         img = img.float()
 
-        if self.flip:
-            flip = torch.rand(b, generator=self.generator) < 0.5
+        for axis in self.flip:
+            dim = FLIP_AXES[axis]
+            flip = self._fires(b, 0.5)
             if flip.any():
                 img = img.clone()
-                img[flip] = img[flip].flip(-1)
+                img[flip] = img[flip].flip(dim)
                 if msk is not None:
                     msk = msk.clone()
-                    msk[flip] = msk[flip].flip(-1)
+                    msk[flip] = msk[flip].flip(dim)
 
         if self.rotate_degrees > 0 or self.scale > 0:
             angle = self._uniform(b, -self.rotate_degrees, self.rotate_degrees) * (math.pi / 180.0)
@@ -96,12 +206,51 @@ class Augment:
                 m = F.grid_sample(msk[:, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
                 msk = m[:, 0].round().to(msk.dtype)
 
-        if self.intensity > 0:
-            contrast = 1.0 + self._uniform(b, -self.intensity, self.intensity).view(b, 1, 1, 1)
-            shift = self._uniform(b, -self.intensity, self.intensity).view(b, 1, 1, 1)
-            # Contrast about the background value so air stays near -1.
-            img = ((img - FILL) * contrast + FILL + shift).clamp(-1.0, 1.0)
+        if self.intensity:
+            img = self._intensity(img)
 
         if single:
             return img[0], (None if msk is None else msk[0])
         return img, msk
+
+    def _intensity(self, img: torch.Tensor) -> torch.Tensor:
+        """The intensity ops on (B, C, H, W); slices no op fires on are left bit-identical."""
+        b = img.shape[0]
+        draws = {}
+        for name, op in self.intensity.items():  # draw everything first: a fixed stream per call
+            draws[name] = (self._fires(b, op.p), self._uniform(b, op.lo, op.hi))
+        touched = torch.zeros(b, dtype=torch.bool)
+        for on, _ in draws.values():
+            touched |= on
+        if not touched.any():
+            return img
+        idx = torch.nonzero(touched).flatten()
+        u = ((img[idx] - FILL) / 2.0).clamp(0.0, 1.0)
+        n, _, h, w = u.shape
+        for name in INTENSITY_OPS:
+            if name not in draws:
+                continue
+            on, value = draws[name][0][idx], draws[name][1][idx]
+            if not on.any():
+                continue
+            v = value.view(n, 1, 1, 1)
+            sel = on.view(n, 1, 1, 1)
+            if name == "blur":
+                u = torch.stack([gaussian_blur(u[i : i + 1], float(value[i]))[0] if on[i] else u[i] for i in range(n)])
+            elif name == "bias_field":
+                field = bias_field(n, h, w, torch.where(on, value, torch.zeros_like(value)), self.generator)
+                u = (u * field).clamp(0.0, 1.0)
+            elif name == "brightness":
+                u = torch.where(sel, (u * v).clamp(0.0, 1.0), u)
+            elif name == "contrast":
+                mean = u.mean(dim=(1, 2, 3), keepdim=True)
+                lo, hi = u.amin(dim=(1, 2, 3), keepdim=True), u.amax(dim=(1, 2, 3), keepdim=True)
+                u = torch.where(sel, torch.minimum(torch.maximum((u - mean) * v + mean, lo), hi), u)
+            elif name == "gamma":
+                u = torch.where(sel, u.pow(v), u)
+            elif name == "noise":
+                noise = torch.randn(u.shape, generator=self.generator) * (v / 2.0)  # image units -> u units
+                u = torch.where(sel, (u + noise).clamp(0.0, 1.0), u)
+        out = img.clone()
+        out[idx] = u * 2.0 + FILL
+        return out

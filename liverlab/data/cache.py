@@ -3,7 +3,8 @@
 ``load_slices`` turns an nnU-Net folder into a ``SliceSet``: axial slices,
 intensity-normalised to [-1, 1] (CT: a HU window; MRI: per-volume
 percentiles), resized in-plane to ``size`` x ``size`` (image bilinear with
-antialiasing, label nearest), stored as memory-mappable ``.npy`` arrays under
+antialiasing, label nearest; or, with ``spacing_mm``, resampled to that pixel
+size and centre-cropped / padded to ``size``), stored as memory-mappable ``.npy`` arrays under
 ``cache_dir/<key>/``. The key is the sha256 of the selected cases' content
 hashes (from the manifest) and every preprocessing setting, so a changed
 setting or file makes a new cache and an unchanged one is reused, by every
@@ -96,6 +97,7 @@ class SliceSet:
     key: str = ""
     path: Path | None = None
     build_id: str = ""
+    spacing_mm: float | None = None  # data.spacing_mm the slices were resampled to (None: plain resize)
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -168,20 +170,77 @@ def display_slice(slice_xy: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(slice_xy)[::-1, ::-1].T)
 
 
-def resize_slices(slices: np.ndarray, size: int, label: bool) -> np.ndarray:
-    """(n, H, W) -> (n, size, size): images bilinear (antialiased), labels nearest."""
+def resize_slices(slices: np.ndarray, size: int | tuple[int, int], label: bool, clamp: bool = True) -> np.ndarray:
+    """(n, H, W) -> (n, size, size) (or (n, h, w) for a pair): images bilinear (antialiased), labels nearest."""
     import torch
     import torch.nn.functional as F
 
-    if slices.shape[1:] == (size, size):
+    hw = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    if slices.shape[1:] == hw:
         return np.ascontiguousarray(slices)
     t = torch.from_numpy(np.ascontiguousarray(slices, dtype=np.float32))[:, None]
     if label:
-        out = F.interpolate(t, size=(size, size), mode="nearest-exact")
+        out = F.interpolate(t, size=hw, mode="nearest-exact")
         return out[:, 0].round().to(torch.uint8).numpy()
-    downsampling = size < max(slices.shape[1:])
-    out = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=downsampling)
-    return out[:, 0].clamp_(-1.0, 1.0).numpy()
+    downsampling = hw[0] < slices.shape[1] or hw[1] < slices.shape[2]
+    out = F.interpolate(t, size=hw, mode="bilinear", align_corners=False, antialias=downsampling)
+    return (out[:, 0].clamp_(-1.0, 1.0) if clamp else out[:, 0]).numpy()
+
+
+def spacing_shape(shape_xy: tuple[int, int], spacing_xy: tuple[float, float], spacing_mm: float) -> tuple[int, int]:
+    """In-plane pixels of a (X, Y) slice of pixel size ``spacing_xy`` mm resampled to ``spacing_mm``."""
+    return (
+        max(1, int(round(shape_xy[0] * float(spacing_xy[0]) / spacing_mm))),
+        max(1, int(round(shape_xy[1] * float(spacing_xy[1]) / spacing_mm))),
+    )
+
+
+def centre_fit(slices: np.ndarray, hw: tuple[int, int], fill: float) -> np.ndarray:
+    """(n, H, W) -> (n, h, w): centre crop where larger, pad with ``fill`` where smaller.
+
+    The offset is ``(H - h) // 2`` for a crop and ``(h - H) // 2`` for a pad,
+    so ``centre_fit(centre_fit(x, hw), x.shape[1:])`` puts every kept pixel back where it was.
+    """
+    n, H, W = slices.shape
+    h, w = hw
+    out = np.full((n, h, w), fill, dtype=slices.dtype)
+    sy, dy = ((H - h) // 2, 0) if H >= h else (0, (h - H) // 2)
+    sx, dx = ((W - w) // 2, 0) if W >= w else (0, (w - W) // 2)
+    ch, cw = min(H, h), min(W, w)
+    out[:, dy : dy + ch, dx : dx + cw] = slices[:, sy : sy + ch, sx : sx + cw]
+    return out
+
+
+def to_spacing(
+    slices: np.ndarray, spacing_xy: tuple[float, float], spacing_mm: float, size: int, label: bool
+) -> np.ndarray:
+    """(n, X, Y) slices of pixel size ``spacing_xy`` -> (n, size, size) at ``spacing_mm`` mm per pixel.
+
+    Resampled so one pixel is ``spacing_mm`` in both axes, then centre-cropped
+    or padded (images with -1, the bottom of the intensity range; labels with 0),
+    so an object has the same size in pixels whatever the scanner's grid.
+    """
+    hw = spacing_shape(slices.shape[1:], spacing_xy, spacing_mm)
+    fill = 0 if label else -1.0
+    return centre_fit(resize_slices(slices, hw, label), (size, size), fill)
+
+
+def from_spacing(
+    slices: np.ndarray,
+    shape_xy: tuple[int, int],
+    spacing_xy: tuple[float, float],
+    spacing_mm: float | None,
+    fill: float = -1.0,
+) -> np.ndarray:
+    """The inverse of ``to_spacing`` (or of the plain resize when ``spacing_mm`` is None), float output.
+
+    (n, size, size) images or logits -> (n, X, Y) on the native grid; pixels that
+    the crop cut off get ``fill``.
+    """
+    x = np.asarray(slices, dtype=np.float32)
+    if spacing_mm is not None:
+        x = centre_fit(x, spacing_shape(tuple(shape_xy), spacing_xy, spacing_mm), fill)
+    return resize_slices(x, (int(shape_xy[0]), int(shape_xy[1])), label=False, clamp=False)
 
 
 def select_slices(label: np.ndarray, empty_slice_fraction: float) -> np.ndarray:
@@ -229,13 +288,21 @@ def _build(
             img = normalise(vol.image, "ct", ct_window=tuple(settings["ct_window"]))
         else:
             img = normalise(vol.image, "mri", mri_percentiles=tuple(settings["mri_percentiles"]))
-        parts.append((resize_slices(axial_slices(img, z), size, False), resize_slices(axial_slices(liver, z), size, True)))
+        X, Y, _ = vol.shape
+        sx, sy, sz = vol.spacing
+        mm = settings.get("spacing_mm")
+        if mm is None:
+            parts.append((resize_slices(axial_slices(img, z), size, False), resize_slices(axial_slices(liver, z), size, True)))
+            spacing[r["case_id"]] = [sx * X / size, sy * Y / size, sz]
+        else:  # one physical pixel size for every case and modality
+            parts.append((
+                to_spacing(axial_slices(img, z), (sx, sy), mm, size, False),
+                to_spacing(axial_slices(liver, z), (sx, sy), mm, size, True),
+            ))
+            spacing[r["case_id"]] = [mm, mm, sz]
         case_ids += [r["case_id"]] * len(z)
         patient_ids += [r["patient_id"]] * len(z)
         slice_index.append(z)
-        X, Y, _ = vol.shape
-        sx, sy, sz = vol.spacing
-        spacing[r["case_id"]] = [sx * X / size, sy * Y / size, sz]
     n = sum(p[0].shape[0] for p in parts)
     if n == 0:
         raise LiverlabError(f"{root}: no slices selected (no liver and empty_slice_fraction = 0)")
@@ -275,6 +342,7 @@ def _open(path: Path, key: str) -> SliceSet:
         key=key,
         path=path,
         build_id=meta["build_id"],
+        spacing_mm=meta["settings"].get("spacing_mm"),
     )
 
 
@@ -290,6 +358,7 @@ def load_slices(
     split_cfg: Any = (0.2, 0.2, 0),
     cache_dir: str | Path | None = None,
     cases: Sequence[str] | None = None,
+    spacing_mm: float | None = None,
 ) -> SliceSet:
     """Preprocessed slices of ``dataset_dir`` (built once, then read from the cache).
 
@@ -299,6 +368,9 @@ def load_slices(
     ``cache_dir`` defaults to ``dataset_dir/.cache``. With
     ``empty_slice_fraction=1.0`` every slice of every case is kept in z order,
     so phantom CT and MRI sets of the same patients align slice for slice.
+    ``spacing_mm`` resamples every slice to that in-plane pixel size before
+    centre-cropping or padding it to ``size`` (``to_spacing``); None resizes
+    the whole slice to ``size``.
     """
     from filelock import FileLock
 
@@ -337,6 +409,10 @@ def load_slices(
         "mri_percentiles": [float(v) for v in mri_percentiles] if modality == "mri" else None,
         "empty_slice_fraction": float(empty_slice_fraction),
     }
+    if spacing_mm is not None:  # only when set, so caches built without it keep their keys
+        if not spacing_mm > 0:
+            raise LiverlabError(f"spacing_mm must be > 0, got {spacing_mm}")
+        settings["spacing_mm"] = float(spacing_mm)
     sources = [[r["case_id"], r["patient_id"], r["image_sha256"], r["label_sha256"]] for r in rows]
     key = sha256_json({"settings": settings, "cases": sources})[:32]
     cdir = Path(cache_dir) if cache_dir is not None else root / ".cache"

@@ -12,14 +12,27 @@ from pathlib import Path
 
 def _phantoms(args: argparse.Namespace) -> int:
     from liverlab.data.phantoms import generate_phantoms
+    from liverlab.errors import LiverlabError
 
+    if args.patients < 2:  # the same bound as data.phantom.patients: patient-level splits need two
+        raise LiverlabError(f"phantoms: --patients must be at least 2 (splits are by patient), got {args.patients}")
     out = generate_phantoms(args.out, patients=args.patients, size=args.size, slices=args.slices, seed=args.seed)
-    print(f"wrote {args.patients} phantom patients (CT + MRI, {args.size}x{args.size}x{args.slices}) to {out}")
+    print(f"wrote {args.patients} phantom patients (CT + MRI, {args.size}x{args.size}x{args.slices}) to {out}/ct and {out}/mri")
+    print(f"next: liverlab data inspect {out}   (or point an experiment's data.root at {out})")
+    return 0
+
+
+def _import_chaos(args: argparse.Namespace) -> int:
+    from liverlab.data.chaos import import_chaos
+    from liverlab.data.layout import list_cases
+
+    out = import_chaos(args.root, args.out, args.modality, case_id=args.case_id)
+    print(f"imported CHAOS {args.modality} from {args.root} into {out} ({len(list_cases(out))} case(s) in the dataset now)")
     return 0
 
 
 def _import_chaos_ct(args: argparse.Namespace) -> int:
-    from liverlab.data.importers import import_chaos_ct
+    from liverlab.data.chaos import import_chaos_ct
 
     out = import_chaos_ct(args.src, args.out, case_id=args.case_id)
     print(f"imported {args.src} into {out}")
@@ -35,45 +48,66 @@ def _import_nifti(args: argparse.Namespace) -> int:
 
 
 def _split(args: argparse.Namespace) -> int:
+    from liverlab.data.inspect import require_one_dataset
     from liverlab.data.manifest import describe_splits, split_dataset
 
-    df = split_dataset(args.dir, args.val, args.test, args.seed)
+    df = split_dataset(require_one_dataset(args.dir), args.val, args.test, args.seed)
     print(f"{Path(args.dir) / 'manifest.parquet'}: {describe_splits(df)}")
     return 0
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from liverlab.data.inspect import inspect_dataset
+    from liverlab.data.inspect import inspect_dataset, montage_paths
 
-    inspect_dataset(args.dir, args.png)
+    tables = inspect_dataset(args.dir, args.png)
     if args.png:
-        print(f"wrote {args.png}")
+        for png in montage_paths(list(tables), Path(args.png)).values():
+            print(f"wrote {png}")
     return 0
 
 
 def _manifest(args: argparse.Namespace) -> int:
+    from liverlab.data.inspect import require_one_dataset
     from liverlab.data.manifest import build_manifest, manifest_hash
 
-    df = build_manifest(args.dir, progress=True)
+    df = build_manifest(require_one_dataset(args.dir), progress=True)
     print(f"{Path(args.dir) / 'manifest.parquet'}: {df.height} cases, hash {manifest_hash(df)[:16]}")
     return 0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add ``data`` and its sub-commands to the ``liverlab`` parser."""
-    data = subparsers.add_parser("data", help="datasets: phantoms, importers, manifest, splits, inspection")
+    data = subparsers.add_parser(
+        "data", help="datasets: phantoms, importers, manifest, splits, inspection",
+        description="Make, import and look at datasets (nnU-Net layout: imagesTr/, labelsTr/, dataset.json). "
+        "Start with `liverlab data phantoms --out data/phantoms` (no download needed).",
+    )
     sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
 
     p = sub.add_parser("phantoms", help="generate paired CT/MRI phantoms (nnU-Net layout)")
     p.add_argument("--out", required=True, help="output folder (gets ct/ and mri/)")
-    p.add_argument("--patients", type=int, default=8)
-    p.add_argument("--size", type=int, default=64, help="in-plane voxels")
-    p.add_argument("--slices", type=int, default=16)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--patients", type=int, default=8, help="patients, each with a CT and an MRI (default 8, at least 2)")
+    p.add_argument("--size", type=int, default=64, help="in-plane voxels, 16..1024 (default 64)")
+    p.add_argument("--slices", type=int, default=16, help="slices per volume, 2..512 (default 16)")
+    p.add_argument("--seed", type=int, default=0, help="the same seed gives byte-identical phantoms (default 0)")
     p.set_defaults(func=_phantoms)
 
-    p = sub.add_parser("import-chaos-ct", help="import one CHAOS CT case (DICOM_anon/ + Ground/)")
-    p.add_argument("src", help="CHAOS CT case folder")
+    p = sub.add_parser(
+        "import-chaos", help="import the CHAOS release (DICOM + PNG masks), one case per patient",
+        description="Import the CHAOS release as downloaded (Train_Sets/CT/<id>/{DICOM_anon,Ground}, "
+        "Train_Sets/MR/<id>/T2SPIR/{DICOM_anon,Ground}, T1DUAL/{DICOM_anon/{InPhase,OutPhase},Ground}): "
+        "one case per patient (ct_<id>, t2spir_<id>, ...), liver = 1 (CT: any non-zero mask pixel; "
+        "MR: grey value 55 < v <= 70), slice order from ImagePositionPatient.",
+    )
+    p.add_argument("root", help="folder holding Train_Sets/, Train_Sets/ itself, its CT/ or MR/ folder, or one patient folder")
+    p.add_argument("--out", required=True, help="nnU-Net folder to create or append to (e.g. data/chaos/mri)")
+    p.add_argument("--modality", default="ct", choices=["ct", "t2spir", "t1in", "t1out"],
+                   help="series to import (default ct; t1in / t1out: T1DUAL in-phase / opposed-phase)")
+    p.add_argument("--case-id", default=None, help="case id when ROOT holds one patient (default <modality>_<folder name>)")
+    p.set_defaults(func=_import_chaos)
+
+    p = sub.add_parser("import-chaos-ct", help="import one CHAOS CT patient folder (alias of import-chaos --modality ct)")
+    p.add_argument("src", help="CHAOS CT patient folder (DICOM_anon/ + Ground/)")
     p.add_argument("--out", required=True, help="nnU-Net CT folder to create or append to")
     p.add_argument("--case-id", default=None, help="default: ct_<folder name>")
     p.set_defaults(func=_import_chaos_ct)
@@ -81,23 +115,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p = sub.add_parser("import-nifti", help="import NIfTI image/label pairs, keeping the liver label")
     p.add_argument("--images", required=True, metavar="GLOB", help="quoted glob of images, e.g. 'src/image_*.nii.gz'")
     p.add_argument("--labels", required=True, metavar="GLOB", help="quoted glob of labels")
-    p.add_argument("--modality", required=True, choices=["ct", "mri"])
-    p.add_argument("--liver-label", required=True, type=int, metavar="V", help="label value of the liver")
+    p.add_argument("--modality", required=True, choices=["ct", "mri"], help="the images' modality")
+    p.add_argument("--liver-label", required=True, type=int, metavar="V",
+                   help="label value of the liver, kept as 1; other labels become 0 (CHAOS MR NIfTI: 1)")
     p.add_argument("--out", required=True, help="nnU-Net folder to create or append to")
     p.set_defaults(func=_import_nifti)
 
     p = sub.add_parser("split", help="assign train/val/test by patient (writes the manifest's split column)")
     p.add_argument("dir", help="nnU-Net dataset folder")
-    p.add_argument("--val", type=float, default=0.2)
-    p.add_argument("--test", type=float, default=0.2)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--val", type=float, default=0.2, help="share of patients for validation (default 0.2)")
+    p.add_argument("--test", type=float, default=0.2, help="share of patients for test (default 0.2)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the patient shuffle (default 0)")
     p.set_defaults(func=_split)
 
     p = sub.add_parser("inspect", help="table of cases (+ PNG montage with the liver outlined)")
-    p.add_argument("dir", help="nnU-Net dataset folder")
-    p.add_argument("--png", default=None, metavar="FILE", help="write a montage PNG")
+    p.add_argument("dir", help="nnU-Net dataset folder, or a folder holding several (ct/ and mri/ of `data phantoms`)")
+    p.add_argument("--png", default=None, metavar="FILE",
+                   help="write a montage PNG (several datasets: FILE_ct.png, FILE_mri.png)")
     p.set_defaults(func=_inspect)
 
-    p = sub.add_parser("manifest", help="build or refresh DIR/manifest.parquet")
+    p = sub.add_parser("manifest", help="build or refresh DIR/manifest.parquet (the case table)")
     p.add_argument("dir", help="nnU-Net dataset folder")
     p.set_defaults(func=_manifest)

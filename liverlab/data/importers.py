@@ -1,9 +1,12 @@
 """Importers: other layouts -> liverlab's nnU-Net folders (canonical RAS+, liver = 1).
 
-* ``import_chaos_ct``: the CHAOS CT release (``DICOM_anon/*.dcm`` + ``Ground/*.png``).
 * ``import_nifti``: image/label NIfTI pairs matched by case id, keeping one label value.
+* the CHAOS release (DICOM + PNG masks) lives in ``chaos.py`` and uses the
+  shared staging helpers below.
+* ``ensure_imported``: run configured imports into an empty folder on first
+  use (``data.import``), under a file lock.
 
-Both read and validate every input before anything appears in ``out``:
+All read and validate every input before anything appears in ``out``:
 cases are written to a staging folder inside ``out``, moved into place, and
 only then is ``dataset.json`` (re)written and the manifest rebuilt. A failure
 leaves ``out`` as it was.
@@ -15,8 +18,10 @@ import contextlib
 import glob as _glob
 import os
 import re
-from collections.abc import Iterator
+import sys
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -24,10 +29,6 @@ from liverlab.data import layout
 from liverlab.data.atomic import staging_dir
 from liverlab.data.progress import track
 from liverlab.errors import LiverlabError
-
-#: Relative tolerance on slice steps: CHAOS positions are exact to 0.01 mm.
-SLICE_STEP_RTOL = 0.02
-
 
 # ----------------------------------------------------------------------------- shared
 
@@ -94,158 +95,6 @@ def _canonical(image: np.ndarray, label: np.ndarray, affine: np.ndarray) -> tupl
     ornt = nib.orientations.io_orientation(affine)
     lab = nib.orientations.apply_orientation(label, ornt)
     return np.asarray(canon.dataobj), np.ascontiguousarray(lab), np.asarray(canon.affine)
-
-
-# ----------------------------------------------------------------------------- CHAOS CT
-
-
-def _number(name: str, last: bool) -> int | None:
-    nums = re.findall(r"\d+", name)
-    if not nums:
-        return None
-    return int(nums[-1] if last else nums[0])
-
-
-def _read_dicom(path: Path) -> tuple[object, np.ndarray]:
-    """(dataset, HU float32 pixel array (rows, cols)) with clear errors for bad files."""
-    import pydicom
-
-    try:
-        ds = pydicom.dcmread(str(path))
-    except Exception as exc:
-        raise LiverlabError(f"{path}: not a readable DICOM file ({type(exc).__name__}: {exc})") from None
-    tsyntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    try:
-        pixels = ds.pixel_array
-    except Exception as exc:
-        ts = f"{tsyntax.name} ({tsyntax})" if tsyntax is not None else "unknown"
-        first = str(exc).strip().splitlines()
-        reason = " ".join(line.strip() for line in first[:2]) if first else type(exc).__name__
-        raise LiverlabError(
-            f"{path}: cannot decode pixel data with transfer syntax {ts}: {reason} "
-            "(the data is corrupt or no installed decoder handles it: add one such as pylibjpeg-openjpeg, "
-            "or decompress the series first, e.g. with gdcmconv --raw)"
-        ) from None
-    for key in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
-        if key not in ds:
-            raise LiverlabError(f"{path}: missing DICOM attribute {key}")
-    if pixels.ndim != 2:
-        raise LiverlabError(f"{path}: expected one 2-D slice, got pixel array shape {pixels.shape}")
-    slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
-    intercept = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
-    return ds, pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)
-
-
-def _read_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            arr = np.array(im)
-    except Exception as exc:
-        raise LiverlabError(f"{path}: not a readable PNG mask ({type(exc).__name__}: {exc})") from None
-    if arr.ndim == 3:  # RGB(A) masks: any non-zero channel
-        arr = arr[..., :3].max(axis=-1)
-    if arr.shape != shape:
-        raise LiverlabError(f"{path}: mask shape {arr.shape} differs from the DICOM slice shape {shape}")
-    return (arr != 0).astype(np.uint8)
-
-
-def _pair_masks(dicoms: list[Path], masks: list[Path]) -> dict[Path, Path]:
-    """DICOM file -> PNG mask.
-
-    CHAOS numbers them alike (``i0028,0000b.dcm`` <-> ``liver_GT_028.png``):
-    pair by the first integer of the DICOM name and the last of the PNG name.
-    When the numbers do not correspond one to one, pair by sorted file name.
-    """
-    dnum = {d: _number(d.name, last=False) for d in dicoms}
-    mnum = {m: _number(m.name, last=True) for m in masks}
-    by_num = {n: m for m, n in mnum.items()}
-    if None not in dnum.values() and len(by_num) == len(masks) and set(dnum.values()) == set(by_num):
-        return {d: by_num[n] for d, n in dnum.items() if n is not None}
-    return dict(zip(sorted(dicoms), sorted(masks)))
-
-
-def _chaos_volume(src: Path, progress: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Read a CHAOS CT folder into (HU (X, Y, Z), mask, RAS+ affine), not yet canonical."""
-    ddir, gdir = src / "DICOM_anon", src / "Ground"
-    for d in (ddir, gdir):
-        if not d.is_dir():
-            raise LiverlabError(f"{src}: expected the CHAOS layout with DICOM_anon/ and Ground/ (missing {d.name}/)")
-    dicoms = sorted(p for p in ddir.iterdir() if p.is_file() and not p.name.startswith("."))
-    masks = sorted(p for p in gdir.iterdir() if p.suffix.lower() == ".png")
-    if not dicoms:
-        raise LiverlabError(f"{ddir}: no DICOM files")
-    if len(masks) != len(dicoms):
-        raise LiverlabError(
-            f"{src}: {len(masks)} masks in Ground/ but {len(dicoms)} DICOM slices in DICOM_anon/ (they must match)"
-        )
-    pairs = _pair_masks(dicoms, masks)
-    slices = []
-    for path in track(dicoms, f"DICOM {src.name}", total=len(dicoms), enabled=progress):
-        ds, hu = _read_dicom(path)
-        slices.append((path, ds, hu))
-    iop = np.array([float(v) for v in slices[0][1].ImageOrientationPatient], dtype=np.float64)  # type: ignore[attr-defined]
-    row_dir, col_dir = iop[:3], iop[3:]
-    normal = np.cross(row_dir, col_dir)
-    for path, ds, hu in slices:
-        if not np.allclose([float(v) for v in ds.ImageOrientationPatient], iop, atol=1e-4):  # type: ignore[attr-defined]
-            raise LiverlabError(f"{path}: ImageOrientationPatient differs from the rest of the series")
-        if hu.shape != slices[0][2].shape:
-            raise LiverlabError(f"{path}: slice shape {hu.shape} differs from {slices[0][2].shape}")
-    # Slice order from the position along the slice normal, never from file names.
-    ipp = [[float(v) for v in ds.ImagePositionPatient] for _, ds, _ in slices]  # type: ignore[attr-defined]
-    pos = np.asarray(ipp, dtype=np.float64) @ normal
-    order = np.argsort(pos, kind="stable")
-    slices = [slices[i] for i in order]
-    pos = pos[order]
-    if len(slices) > 1:
-        steps = np.diff(pos)
-        step = float(np.median(steps))
-        if step <= 0 or not np.allclose(steps, step, rtol=SLICE_STEP_RTOL):
-            raise LiverlabError(
-                f"{ddir}: slice positions are not evenly spaced "
-                f"(steps {np.round(steps, 3).tolist()} mm; missing or duplicate slices?)"
-            )
-    else:
-        step = float(getattr(slices[0][1], "SliceThickness", 1.0) or 1.0)
-    first = slices[0][1]
-    dr, dc = (float(v) for v in first.PixelSpacing)  # type: ignore[attr-defined]  # (between rows, between columns)
-    # Arrays are stored (X = column index, Y = row index, Z = slice). DICOM world
-    # is LPS: x = IPP + c*dc*row_dir + r*dr*col_dir + k*step*normal.
-    lps = np.eye(4)
-    lps[:3, 0] = row_dir * dc
-    lps[:3, 1] = col_dir * dr
-    lps[:3, 2] = normal * step
-    lps[:3, 3] = [float(v) for v in first.ImagePositionPatient]  # type: ignore[attr-defined]
-    affine = np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps  # LPS -> RAS: negate x and y
-    image = np.stack([hu.T for _, _, hu in slices], axis=-1)
-    mask = np.stack([_read_mask(pairs[p], hu.shape).T for p, _, hu in slices], axis=-1)
-    return image, mask, affine
-
-
-def import_chaos_ct(src: str | Path, out: str | Path, case_id: str | None = None, progress: bool = True) -> Path:
-    """Import one CHAOS CT case (``src/DICOM_anon`` + ``src/Ground``) into ``out``; return ``out``.
-
-    HU from RescaleSlope/Intercept, slice order and spacing from
-    ImagePositionPatient, in-plane spacing from PixelSpacing, masks non-zero ->
-    1. ``case_id`` defaults to ``ct_<src folder name>``; the patient id is the
-    case id. Appends to an existing CT dataset in ``out``.
-    """
-    src, out = Path(src), Path(out)
-    if not src.is_dir():
-        raise LiverlabError(f"{src}: no such folder")
-    case = layout.check_case_id(case_id or "ct_" + re.sub(r"[^A-Za-z0-9_.\-]", "_", src.resolve().name))
-    patients = _prepare_out(out, "ct", [case])
-    image, mask, affine = _chaos_volume(src, progress)
-    if not mask.any():
-        raise LiverlabError(f"{src / 'Ground'}: no liver pixels in any mask")
-    image, mask, affine = _canonical(image, mask, affine)
-    with _staged(out) as stage:
-        _save_case(stage, case, image, mask, affine)
-        patients[case] = case
-        _commit(out, stage, "ct", patients, [case])
-    return out
 
 
 # ----------------------------------------------------------------------------- NIfTI pairs
@@ -344,3 +193,63 @@ def import_nifti(
             patients[case] = case
         _commit(out, stage, modality, patients, list(cases))
     return out
+
+
+# ----------------------------------------------------------------------------- first use (data.import)
+
+
+def import_domain(spec: Mapping[str, Any]) -> str:
+    """``ct`` or ``mri``: the dataset folder an import spec fills (``data.ct`` or ``data.mri``)."""
+    return "ct" if spec["modality"] == "ct" else "mri"
+
+
+def run_import(spec: Mapping[str, Any], out: str | Path, progress: bool = False) -> Path:
+    """Run one ``data.import`` entry (``kind`` nifti or chaos) into ``out``."""
+    kind = spec["kind"]
+    if kind == "nifti":
+        return import_nifti(spec["images"], spec["labels"], spec["modality"], int(spec["liver_label"]), out, progress)
+    if kind == "chaos":
+        from liverlab.data.chaos import import_chaos
+
+        return import_chaos(spec["root"], out, spec["modality"], progress=progress)
+    raise LiverlabError(f"data.import: unknown kind {kind!r} (nifti or chaos)")
+
+
+def ensure_imported(target: str | Path, specs: Sequence[Mapping[str, Any]], log: bool = True) -> Path:
+    """Fill ``target`` from ``specs`` unless it already holds a dataset (``dataset.json``); return it.
+
+    Safe under concurrency (parallel Ray trials): a file lock on
+    ``target.parent/<target.name>.lock`` makes one process import while the
+    others wait and reuse the result. All specs are imported into a staging
+    folder beside ``target``, which is renamed into place only when every one
+    succeeded, so a failed import leaves no half dataset for the next run to
+    mistake for a finished one. A non-empty ``target`` without
+    ``dataset.json`` is not ours and is an error.
+    """
+    from filelock import FileLock
+
+    target = Path(target)
+    if (target / layout.DATASET_JSON).is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target.parent / f"{target.name}.lock")):
+        if (target / layout.DATASET_JSON).is_file():
+            return target
+        if target.exists() and (not target.is_dir() or any(target.iterdir())):
+            raise LiverlabError(
+                f"{target}: exists but holds no dataset.json; data.import only fills a new or empty folder "
+                "(delete it, or point the config at another folder)"
+            )
+        if log:
+            print(f"liverlab: first use: importing {len(specs)} source(s) into {target}", file=sys.stderr)
+        with staging_dir(target.parent, prefix=f".{target.name}.import-") as stage:
+            build = stage / target.name
+            for spec in specs:
+                try:
+                    run_import(spec, build, progress=False)
+                except LiverlabError as err:
+                    raise LiverlabError(f"data.import ({spec['kind']}, modality {spec['modality']}): {err}") from None
+            if target.is_dir():
+                target.rmdir()
+            os.replace(build, target)
+    return target

@@ -133,10 +133,61 @@ def montage(dataset_dir: str | Path, png: str | Path, max_cases: int = 4, per_ca
     return out
 
 
-def inspect_dataset(dataset_dir: str | Path, png: str | Path | None = None) -> list[CaseInfo]:
-    """Print the table (and write the montage when ``png`` is given); return the rows."""
-    rows = case_table(dataset_dir)
-    print_table(dataset_dir, rows)
+def dataset_folders(folder: str | Path) -> list[Path]:
+    """``[folder]`` when it is a dataset, else its sub-folders that are (``ct/`` and ``mri/`` of phantoms)."""
+    from liverlab.data.layout import DATASET_JSON
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise LiverlabError(f"{root}: no such folder")
+    if (root / DATASET_JSON).is_file():
+        return [root]
+    subs = sorted(p for p in root.iterdir() if p.is_dir() and (p / DATASET_JSON).is_file())
+    if not subs:
+        raise LiverlabError(
+            f"{root}: no {DATASET_JSON} here or in its sub-folders (a dataset folder holds imagesTr/, labelsTr/, "
+            "dataset.json; make one with `liverlab data phantoms` or `liverlab data import-*`)"
+        )
+    return subs
+
+
+def require_one_dataset(folder: str | Path, what: str = "DIR") -> Path:
+    """``folder`` if it is one dataset; a folder of datasets (``ct/``, ``mri/``) is an error naming them."""
+    from liverlab.data.layout import DATASET_JSON
+
+    root = Path(folder)
+    if root.is_dir() and not (root / DATASET_JSON).is_file():
+        subs = [p.name for p in sorted(root.iterdir()) if p.is_dir() and (p / DATASET_JSON).is_file()]
+        if subs:
+            raise LiverlabError(
+                f"{what} {root}: holds the datasets {', '.join(s + '/' for s in subs)}, not one dataset; "
+                f"pass one of them (e.g. {root / subs[-1]})"
+            )
+    return root
+
+
+def inspect_dataset(dataset_dir: str | Path, png: str | Path | None = None) -> dict[Path, list[CaseInfo]]:
+    """Print the table of each dataset in ``dataset_dir`` (itself, or its ``ct/`` and ``mri/``); return the rows.
+
+    With ``png``, write the montage there; for several datasets, one per
+    dataset: ``montage.png`` -> ``montage_ct.png``, ``montage_mri.png``.
+    """
+    folders = dataset_folders(dataset_dir)
+    if png is not None and Path(png).suffix.lower() != ".png":
+        raise LiverlabError(f"--png {png}: the file name must end in .png")
+    out: dict[Path, list[CaseInfo]] = {}
+    for folder in folders:
+        rows = case_table(folder)
+        print_table(folder, rows)
+        out[folder] = rows
     if png is not None:
-        montage(dataset_dir, png)
-    return rows
+        for folder, target in montage_paths(folders, Path(png)).items():
+            montage(folder, target)
+    return out
+
+
+def montage_paths(folders: list[Path], png: Path) -> dict[Path, Path]:
+    """Where each dataset's montage goes: ``png`` itself for one dataset, ``<stem>_<folder name>.png`` for several."""
+    if len(folders) == 1:
+        return {folders[0]: png}
+    return {f: png.with_name(f"{png.stem}_{f.name}{png.suffix}") for f in folders}

@@ -7,7 +7,8 @@ unchanged case is not re-hashed or re-read when the manifest is refreshed.
 
 Splits are by **patient**, never by case or slice, and fixed by a seed:
 ``assign_splits`` sorts the unique patient ids, shuffles them with
-``numpy.random.default_rng(seed)`` and cuts the list into test, val, train.
+``numpy.random.default_rng(seed)`` and cuts the list into test, val, train
+(or, with k folds, makes fold k the test set and cuts val/train from the rest).
 """
 
 from __future__ import annotations
@@ -210,18 +211,43 @@ def split_counts(n: int, val: float, test: float) -> tuple[int, int, int]:
     return n - n_val - n_test, n_val, n_test
 
 
-def patient_splits(patients: list[str] | set[str], val: float, test: float, seed: int) -> dict[str, str]:
-    """patient id -> split: sorted unique ids, shuffled by ``default_rng(seed)``, cut test/val/train."""
+def patient_splits(
+    patients: list[str] | set[str], val: float, test: float, seed: int, folds: int | None = None, fold: int = 0
+) -> dict[str, str]:
+    """patient id -> split: sorted unique ids, shuffled by ``default_rng(seed)``, cut test/val/train.
+
+    With ``folds`` K: the shuffled ids are cut into K near-equal folds
+    (``numpy.array_split``); fold ``fold`` is ``test`` (``test`` is not used),
+    and ``val`` is the share of the remaining patients, taken in shuffled
+    order (at least one when ``val`` > 0 and two or more remain; train always
+    keeps at least one). Same seed, same partition for every ``fold``.
+    """
     ids = sorted(set(patients))
-    _, n_val, n_test = split_counts(len(ids), val, test)
     order = np.random.default_rng(seed).permutation(len(ids))
-    out: dict[str, str] = {}
-    for rank, idx in enumerate(order):
-        out[ids[idx]] = "test" if rank < n_test else ("val" if rank < n_test + n_val else "train")
+    if folds is None:
+        _, n_val, n_test = split_counts(len(ids), val, test)
+        out: dict[str, str] = {}
+        for rank, idx in enumerate(order):
+            out[ids[idx]] = "test" if rank < n_test else ("val" if rank < n_test + n_val else "train")
+        return out
+    if not 0 <= fold < folds:
+        raise LiverlabError(f"data.split.fold = {fold} must be in 0..{folds - 1} (data.split.folds = {folds})")
+    if folds > len(ids):
+        raise LiverlabError(f"data.split.folds = {folds} is more than the dataset's {len(ids)} patients")
+    parts = np.array_split(order, folds)
+    rest = [int(i) for k, part in enumerate(parts) if k != fold for i in part]
+    n_val = int(round(val * len(rest)))
+    if val > 0 and len(rest) >= 2:
+        n_val = max(n_val, 1)
+    n_val = min(n_val, len(rest) - 1)
+    out = {ids[int(i)]: "test" for i in parts[fold]}
+    out.update({ids[i]: ("val" if rank < n_val else "train") for rank, i in enumerate(rest)})
     return out
 
 
-def assign_splits(manifest_df: pl.DataFrame, val: float = 0.2, test: float = 0.2, seed: int = 0) -> pl.DataFrame:
+def assign_splits(
+    manifest_df: pl.DataFrame, val: float = 0.2, test: float = 0.2, seed: int = 0, folds: int | None = None, fold: int = 0
+) -> pl.DataFrame:
     """Return ``manifest_df`` with its ``split`` column set by patient (see ``patient_splits``).
 
     Datasets with the same patient ids (phantom CT and MRI) get identical
@@ -229,7 +255,7 @@ def assign_splits(manifest_df: pl.DataFrame, val: float = 0.2, test: float = 0.2
     """
     import polars as pl
 
-    mapping = patient_splits(manifest_df["patient_id"].to_list(), val, test, seed)
+    mapping = patient_splits(manifest_df["patient_id"].to_list(), val, test, seed, folds, fold)
     split = pl.Series("split", [mapping[p] for p in manifest_df["patient_id"].to_list()], dtype=pl.String)
     return manifest_df.with_columns(split)
 

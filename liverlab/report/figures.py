@@ -177,8 +177,21 @@ def shape_preservation(units: pl.DataFrame, path: Path) -> Path:
     return _save(fig, path)
 
 
+JUDGE_COLUMNS = ("metric.val/judge_iou", "best.val/judge_iou")
+
+
+def judge_note(units: pl.DataFrame) -> str:
+    """How far to trust shape Dice: the judge's own held-out IoU on real MRI ('' when not logged)."""
+    col = next((c for c in JUDGE_COLUMNS if c in units.columns and units[c].drop_nulls().len()), None)
+    if col is None:
+        return ""
+    values = sorted({round(float(v), 4) for v in units[col].drop_nulls().to_list()})
+    shown = ", ".join(f"{v:.3f}" for v in values)
+    return f"judge: a real-MRI U-Net whose own held-out IoU on real MRI is {shown} (val/judge_iou)"
+
+
 def learning_curves(hist: pl.DataFrame, runs: pl.DataFrame, path: Path, key: str = "val/iou") -> Path:
-    """Mean ``key`` per epoch per arm with a 95 % t band over runs."""
+    """Mean ``key`` per logged step per arm with a 95 % t band over runs."""
     h = hist.filter(pl.col("key") == key).join(runs.select("run_id", "arm"), on="run_id", how="inner")
     if h.height == 0:
         raise SkipFigure(f"no {key} history")
@@ -198,7 +211,7 @@ def learning_curves(hist: pl.DataFrame, runs: pl.DataFrame, path: Path, key: str
         lo_a, hi_a = np.array(los), np.array(his)
         ok = ~np.isnan(lo_a)
         ax.fill_between(np.array(steps)[ok], lo_a[ok], hi_a[ok], color=c, alpha=0.2)
-    ax.set_xlabel("epoch (step)")
+    ax.set_xlabel("MLflow step (EssNet: epoch; U-Net: optimiser iteration)")
     ax.set_ylabel(key)
     ax.set_title(f"Learning curves: {key} (mean, 95 % t band)")
     ax.grid(alpha=0.3)
@@ -255,6 +268,8 @@ def all_figures(
             written[name] = fn(out / f"{name}.png")
         except SkipFigure as why:
             skipped[name] = str(why)
+    if "shape_preservation" in written and (judge := judge_note(units)):
+        notes["shape_preservation"] = judge
     try:
         p, run_id = translation_panel(uri, units, out / "translation_panel.png")
         written["translation_panel"] = p

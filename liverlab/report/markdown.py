@@ -20,7 +20,8 @@ from typing import Any
 import polars as pl
 
 from liverlab.errors import LiverlabError
-from liverlab.report import figures, stats
+from liverlab.report import figures, folds, scarcity, stats
+from liverlab.report import patients as patient_section
 
 _NAMES = {"iou": "IoU", "dice": "Dice", "assd": "ASSD", "mssd": "MSSD", "ravd": "RAVD"}
 
@@ -84,6 +85,8 @@ def _comparison_sentence(row: dict[str, Any]) -> str:
         amount = f"{_signed(row['mean_diff'], False)} {what}"
     if row["level"] == "seed":
         level = "seed" if row["n"] == 1 else "seeds"
+    elif row["level"] == "patient":
+        level = "patient" if row["n"] == 1 else "patients"
     else:
         level = "(seed, patient) pair" if row["n"] == 1 else "(seed, patient) pairs"
     text = (
@@ -105,10 +108,19 @@ def _markdown(ctx: dict[str, Any]) -> str:
              f"parent run `{ctx['parent_run_id'] or 'none'}`"
              + (f" ({ctx['parent_note']})" if ctx["parent_note"] else ""))
     L.append(f"- Runs: {runs.height} (" + ", ".join(f"{counts[s]} {s.lower()}" for s in sorted(counts)) + "); "
-             f"statistics use the {ctx['n_finished']} finished runs, one per (arm, seed): "
-             f"{units.height} units" + (f" ({ctx['n_finished'] - units.height} extra Optuna samples set aside: "
-                                        f"the best by `{stats.OBJECTIVE}` was kept per arm and seed)"
-                                        if ctx["n_finished"] > units.height else ""))
+             f"statistics use the {ctx['n_finished']} finished runs, one per (arm, seed"
+             + (", fold" if ctx.get("n_folds") else "") + f"): {ctx['n_fold_runs']} "
+             + ("fold runs" if ctx.get("n_folds") else "units")
+             + (f" ({ctx['n_finished'] - ctx['n_fold_runs']} extra Optuna samples set aside: "
+                f"the best by `{stats.OBJECTIVE}` was kept per arm and seed)"
+                if ctx["n_finished"] > ctx["n_fold_runs"] else ""))
+    if ctx.get("n_folds"):
+        L.append(f"- **Pooled over {ctx['n_folds']} folds** (`data.split.fold` is an arm factor): the fold is not "
+                 "an arm; each (arm, seed) unit pools the per-patient test rows of its folds, so every patient is "
+                 f"tested once per seed ({ctx['n_fold_runs']} fold runs -> {units.height} units); intervals are over "
+                 "patients (each patient's mean over seeds)")
+        for note in ctx["fold_notes"]:
+            L.append(f"  - **warning**: {note}")
     L.append(f"- Arms ({len(arms)}): " + "; ".join(
         f"`{a}` = {stats.arm_label(a)} (n = {units.filter(pl.col('arm') == a).height})" for a in arms))
     L.append(f"- Seeds ({len(seeds)}): {', '.join(map(str, seeds)) or 'none'}")
@@ -117,12 +129,11 @@ def _markdown(ctx: dict[str, Any]) -> str:
              f"data manifest hash: {_unique(units, 'manifest_hash', ctx['parent_tags'], 'liverlab.manifest_hash')}; "
              f"search space: {_unique(units, 'space_file', ctx['parent_tags'], 'liverlab.space_file')}")
     L.append(f"- Baseline: {ctx['baseline_note']}")
-    sources = summary.select("arm", "metric", "source").filter(pl.col("source") != "test")
-    if sources.height:
-        L.append("- Metric source: `metric.test/<name>` where logged; **fallback to `best.val/<name>`** for: " +
-                 "; ".join(f"{r['arm']} {r['metric']} ({r['source']})" for r in sources.iter_rows(named=True)))
-    else:
-        L.append("- Metric source: test metrics (`metric.test/<name>`, logged once after training) for every unit")
+    no_test = ctx["vals_units"].filter(pl.col("value.iou").is_null())
+    L.append("- Metric source: test metrics only (`metric.test/<name>`, logged once after training); a column "
+             "that says test never holds validation values" + (
+                 f". **{no_test.height} unit(s) have no test metrics**: missing in the test tables, their "
+                 "validation values are summarised separately under 'Validation only'" if no_test.height else ""))
     L.append(f"- Intervals: 95 %, Student t and percentile bootstrap ({ctx['n_boot']} resamples, seed {ctx['seed']})")
     L.append(f"- Generated {ctx['generated']}")
     L += ["", "## Results in the paper's form", "", "| training data | images | Dice | IoU |", "|---|---|---|---|"]
@@ -136,34 +147,54 @@ def _markdown(ctx: dict[str, Any]) -> str:
           "| arm | metric | source | n | mean | SD | 95 % t CI | 95 % bootstrap CI |",
           "|---|---|---|---|---|---|---|---|"]
     for r in summary.iter_rows(named=True):
-        n_cell = f"{r['n']}" + (f" (+{r['n_inf']} inf)" if r["n_inf"] else "")
+        n_cell = f"{r['n']}" + (" patients" if r.get("over") == "patient" else "") + (
+            f" (+{r['n_inf']} inf)" if r["n_inf"] else "")
         L.append(f"| {stats.arm_label(r['arm'])} | {_NAMES.get(r['metric'], r['metric'])} | {r['source']} | {n_cell} | "
                  f"{_f(r['mean'])} | {_f(r['sd'])} | [{_f(r['t_lo'])}, {_f(r['t_hi'])}] | "
                  f"[{_f(r['boot_lo'])}, {_f(r['boot_hi'])}] |")
     if summary["n_inf"].sum():
         L += ["", "`+k inf`: k units had an infinite value (a surface distance or RAVD against an empty mask); "
               "they are left out of the mean and intervals, and out of the paired differences."]
+    val_summary = ctx["val_summary"]
+    if val_summary.height:
+        L += ["", "## Validation only (units without test metrics)", "",
+              "Not test results: `best.val/<name>` of the units that logged no test metrics.", "",
+              "| arm | metric | source | n | mean | SD | 95 % t CI |", "|---|---|---|---|---|---|---|"]
+        for r in val_summary.iter_rows(named=True):
+            L.append(f"| {stats.arm_label(r['arm'])} | {_NAMES.get(r['metric'], r['metric'])} | {r['source']} | "
+                     f"{r['n']} | {_f(r['mean'])} | {_f(r['sd'])} | [{_f(r['t_lo'])}, {_f(r['t_hi'])}] |")
     L += ["", "## Paired comparisons against the baseline", ""]
     if ctx["baseline"] is None:
         L.append(ctx["baseline_note"] + ".")
     elif comps.height == 0:
         L.append(f"No arm shares a seed with the baseline `{ctx['baseline']}`: nothing to pair.")
     else:
-        L.append(f"Differences are arm minus baseline `{ctx['baseline']}` ({stats.arm_label(ctx['baseline'])}), "
+        matched = len(set(comps["baseline"].to_list())) > 1
+        against = ("its own baseline (the real-only arm with the same values of the other factors, named per arm)"
+                   if matched else f"baseline `{ctx['baseline']}` ({stats.arm_label(ctx['baseline'])})")
+        L.append(f"Differences are arm minus {against}, "
                  "paired by seed (and by seed and test patient where per-patient tables exist). "
-                 "IoU and Dice differences are in points (x100); ASSD/MSSD in mm, RAVD in its logged unit. "
-                 "The seed-level test is the primary one: (seed, patient) pairs reuse the same test patients "
-                 "across seeds, so they are not independent and their p-values are optimistic.")
+                 "IoU and Dice differences are in points (x100); ASSD/MSSD in mm, RAVD in its logged unit. " + (
+                     "Pooled k-fold sweep: the patient-level test (each patient's difference averaged over seeds, "
+                     "every patient tested once per seed) is the primary one; (seed, patient) pairs are not "
+                     "independent across seeds, so their p-values are optimistic." if ctx.get("n_folds") else
+                     "The seed-level test is the primary one: (seed, patient) pairs reuse the same test patients "
+                     "across seeds, so they are not independent and their p-values are optimistic."))
         L.append("")
         for arm in sorted(comps["arm"].unique().to_list()):
             rows = list(comps.filter(pl.col("arm") == arm).iter_rows(named=True))
             # The headline (IoU over seeds) goes on the arm's own line; the rest below it.
-            rows.sort(key=lambda r: (r["metric"] != "iou" or r["level"] != "seed"))
+            primary = "patient" if ctx.get("n_folds") else "seed"
+            rows.sort(key=lambda r: (r["metric"] != "iou" or r["level"] != primary))
             head = _comparison_sentence(rows[0])
-            L.append(f"- **{stats.arm_label(arm)} vs {stats.arm_label(ctx['baseline'])}**: {head} "
-                     f"(`{arm}` vs `{ctx['baseline']}`)")
+            base = rows[0]["baseline"]
+            L.append(f"- **{stats.arm_label(arm)} vs {stats.arm_label(base)}**: {head} (`{arm}` vs `{base}`)")
             for r in rows[1:]:
                 L.append(f"  - {_comparison_sentence(r)}")
+    L += [""] + patient_section.control_lines(units, ctx.get("patients"), bool(ctx.get("n_folds")), _comparison_sentence)
+    L += patient_section.markdown_lines(ctx.get("patients"))
+    if ctx["scarcity"] is not None:
+        L += [""] + scarcity.markdown_lines(*ctx["scarcity"])
     L += ["", "## Figures", ""]
     for name, path in ctx["figures"].items():
         note = ctx["figure_notes"].get(name, "")
@@ -172,7 +203,10 @@ def _markdown(ctx: dict[str, Any]) -> str:
         L.append(f"- {name.replace('_', ' ')}: not drawn ({why})")
     L += ["", "## Files", "",
           "- `results.parquet`, `results.csv`: one row per run (all statuses; `selected` marks the units used above)",
-          "- `summary.csv`: the per-arm table; `comparisons.csv`: the paired comparisons", ""]
+          "- `summary.csv`: the per-arm table; `comparisons.csv`: the paired comparisons"]
+    if ctx["scarcity"] is not None:
+        L.append("- `scarcity.csv`: the data-scarcity table (IoU per arm and number of real training patients)")
+    L.append("")
     return "\n".join(L)
 
 
@@ -211,15 +245,22 @@ def make_report(
     if finished.height == 0:
         counts = ", ".join(f"{n} {s}" for s, n in sorted(runs.group_by("status").len().iter_rows()))
         raise LiverlabError(f"no finished runs for {where} in {uri} ({counts})")
-    units = stats.select_units(finished)
+    fold_units = stats.metric_values(stats.select_units(finished))  # one run per (arm, seed, fold)
+    patients = folds.patient_rows(read_per_patient(uri, fold_units), fold_units)
+    pooled = folds.is_pooled(fold_units)
+    units, fold_notes = folds.pool_folds(fold_units, patients) if pooled else (fold_units, [])
     base_arm, base_note = stats.resolve_baseline(units, baseline)
-    summary = stats.arm_summary(units, n_boot=n_boot, seed=seed)
-    per_patient = read_per_patient(uri, units)
-    comps = stats.paired_comparisons(units, base_arm, per_patient)
+    pairs = stats.matched_baselines(sorted(units["arm"].unique().to_list()), baseline, stats.arm_synthesis(units))
+    if baseline is None and len(set(pairs.values())) > 1:
+        base_note = ("per arm, the real-only arm (synthesis = none) with the same values of the other factors "
+                     "(e.g. the same data.train_patients): " + "; ".join(f"`{a}` vs `{b}`" for a, b in sorted(pairs.items())))
+    summary = stats.arm_summary(units, n_boot=n_boot, seed=seed, patients=patients if pooled else None)
+    val_summary = stats.arm_summary(units.filter(pl.col("value.iou").is_null()), n_boot=n_boot, seed=seed, split="val")
+    comps = stats.paired_comparisons(units, pairs or None, patients, pooled=pooled)
     parent_tags = read_run_tags(uri, parent_run_id) if parent_run_id else {}
     vals_runs = stats.metric_values(runs)
     vals_units = stats.metric_values(units)
-    hist = read_histories(uri, units, ["val/iou"])
+    hist = read_histories(uri, fold_units, ["val/iou"])
 
     out = Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -228,7 +269,16 @@ def make_report(
     try:
         figs, skipped, notes = figures.all_figures(
             uri, vals_runs.filter(pl.col("status") == "FINISHED"), vals_units, hist, tmp)
-        selected = set(units["run_id"].to_list())
+        scarce = None
+        if scarcity.has_scarcity(units["arm"].unique().to_list()):
+            table = scarcity.scarcity_table(summary, comps, pooled)
+            table.write_csv(tmp / "scarcity.csv")
+            try:
+                fig_name: str | None = scarcity.scarcity_figure(table, tmp / "data_scarcity.png").name
+            except figures.SkipFigure as why:
+                fig_name, skipped["data_scarcity"] = None, str(why)
+            scarce = (table, scarcity.crossing(table), fig_name)
+        selected = set(fold_units["run_id"].to_list())
         results = vals_runs.with_columns(pl.col("run_id").is_in(list(selected)).alias("selected"))
         results.write_parquet(tmp / "results.parquet")
         iso = pl.col(pl.Datetime).dt.to_string("%Y-%m-%dT%H:%M:%S%.3fZ")  # CSV has no datetime type
@@ -241,7 +291,9 @@ def make_report(
             "parent_note": parent_note, "runs": runs, "units": units, "n_finished": finished.height,
             "summary": summary, "comparisons": comps, "baseline": base_arm, "baseline_note": base_note,
             "parent_tags": parent_tags, "vals_units": vals_units, "figures": figs, "skipped": skipped,
-            "figure_notes": notes, "n_boot": n_boot, "seed": seed,
+            "figure_notes": notes, "n_boot": n_boot, "seed": seed, "val_summary": val_summary,
+            "patients": patients, "scarcity": scarce, "n_folds": folds.expected_folds(fold_units) if pooled else 0,
+            "n_fold_runs": fold_units.height, "fold_notes": fold_notes,
             "generated": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         }
         (tmp / "report.md").write_text(_markdown(ctx))

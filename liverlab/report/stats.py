@@ -8,8 +8,12 @@ Conventions (documented in docs/report.md):
   validation, evaluation on test. With one trial per (arm, seed) nothing is
   dropped.
 * A run's value for metric ``m`` is ``metric.test/<m>`` (logged once after
-  training); where a run has no test metrics it falls back to
-  ``best.val/<m>`` and the ``source`` column says so.
+  training) and nothing else: a run without test metrics has a null test
+  value. Its validation value ``best.val/<m>`` is a separate column
+  (``val.<m>``), never mixed into a column that says test.
+* k-fold sweeps: when ``data.split.fold`` is an arm factor, the fold is not
+  an arm of the comparison (``with_arm`` moves it to a ``fold`` column) and
+  ``liverlab.report.folds`` pools the per-patient test rows of all folds.
 * Intervals are 95 %: Student t (``mean +- t_{0.975, n-1} * sd / sqrt(n)``)
   and percentile bootstrap of the mean (seeded, ``n_boot`` resamples).
 * Paired differences are ``arm - baseline`` over shared seeds (and over
@@ -33,7 +37,9 @@ METRICS: tuple[str, ...] = ("iou", "dice", "assd", "mssd", "ravd")
 POINT_METRICS = frozenset({"iou", "dice"})
 OBJECTIVE = "best.val/iou"
 NO_ARM = "(no arm)"
-_SYNTH_LABEL = {"none": "real only", "essnet": "real + EssNet", "cyclegan": "real + CycleGAN"}
+FOLD_FACTOR = "data.split.fold"
+_SYNTH_LABEL = {"none": "real only", "essnet": "real + EssNet", "cyclegan": "real + CycleGAN",
+                "intensity": "real + intensity remap"}
 _SPLIT_FACTORS = re.compile(r",(?=[\w.\-]+=)")
 
 
@@ -55,7 +61,9 @@ def arm_label(arm: str) -> str:
     synth = factors.pop("synthesis", None)
     head = _SYNTH_LABEL.get(synth or "", f"synthesis {synth}" if synth else "")
     rest = [
-        f"mixing ratio {v}" if k.endswith("mixing_ratio") else f"{k} {v}" for k, v in sorted(factors.items())
+        f"mixing ratio {v}" if k.endswith("mixing_ratio")
+        else (f"{v} real training patients" if v != "1" else "1 real training patient") if k == "data.train_patients"
+        else f"{k} {v}" for k, v in sorted(factors.items())
     ]
     if head and rest:
         return f"{head} ({', '.join(rest)})"
@@ -99,32 +107,56 @@ def resolve_baseline(runs: pl.DataFrame, baseline: str | None) -> tuple[str | No
 # ----------------------------------------------------------------------------- run values
 
 
+def drop_factor(arm: str, factor: str) -> str:
+    """``'data.split.fold=2,synthesis=none'`` without ``factor`` -> ``'synthesis=none'`` ('default' if none is left)."""
+    factors = arm_factors(arm)
+    if factor not in factors:
+        return arm
+    return ",".join(f"{k}={v}" for k, v in factors.items() if k != factor) or "default"
+
+
 def with_arm(runs: pl.DataFrame) -> pl.DataFrame:
-    """Make sure ``arm`` (String) and ``seed`` (Int64) columns exist; missing arms -> '(no arm)'."""
+    """Make sure ``arm`` (String), ``seed`` (Int64) and ``fold`` (Int64) columns exist.
+
+    Missing arms -> '(no arm)'. An arm factor ``data.split.fold`` is moved out
+    of the arm into ``fold`` (the trial's own arm stays in ``trial_arm``): the
+    folds of a k-fold sweep are pooled, not compared. Idempotent.
+    """
     arm = pl.col("arm") if "arm" in runs.columns else pl.lit(None, dtype=pl.String)
     seed = pl.col("seed") if "seed" in runs.columns else pl.lit(None, dtype=pl.Int64)
-    return runs.with_columns(arm.fill_null(NO_ARM).alias("arm"), seed.cast(pl.Int64).alias("seed"))
+    out = runs.with_columns(arm.fill_null(NO_ARM).alias("arm"), seed.cast(pl.Int64).alias("seed"))
+    if "fold" in out.columns:
+        return out
+    arms = out["arm"].to_list()
+    folds = [arm_factors(a).get(FOLD_FACTOR) for a in arms]
+    return out.with_columns(
+        pl.Series("trial_arm", arms, dtype=pl.String),
+        pl.Series("arm", [drop_factor(a, FOLD_FACTOR) for a in arms], dtype=pl.String),
+        pl.Series("fold", [int(f) if f is not None else None for f in folds], dtype=pl.Int64),
+    )
 
 
 def metric_values(runs: pl.DataFrame, metrics: Sequence[str] = METRICS) -> pl.DataFrame:
-    """Add ``value.<m>`` and ``source.<m>`` ('test' | 'best val' | null) for each metric."""
+    """Add ``value.<m>`` (``metric.test/<m>`` only; null without test metrics) and ``val.<m>``
+    (``best.val/<m>``) for each metric. Test and validation never share a column.
+    Columns already there are kept (pooled k-fold units carry their pooled values)."""
     exprs: list[pl.Expr] = []
     for m in metrics:
+        if f"value.{m}" in runs.columns and f"val.{m}" in runs.columns:
+            continue
         test, val = f"metric.test/{m}", f"best.val/{m}"
         t = pl.col(test) if test in runs.columns else pl.lit(None, dtype=pl.Float64)
         v = pl.col(val) if val in runs.columns else pl.lit(None, dtype=pl.Float64)
-        exprs.append(pl.coalesce(t, v).cast(pl.Float64).alias(f"value.{m}"))
-        exprs.append(
-            pl.when(t.is_not_null()).then(pl.lit("test")).when(v.is_not_null()).then(pl.lit("best val"))
-            .otherwise(pl.lit(None, dtype=pl.String)).alias(f"source.{m}")
-        )
+        exprs.append(t.cast(pl.Float64).alias(f"value.{m}"))
+        exprs.append(v.cast(pl.Float64).alias(f"val.{m}"))
     return runs.with_columns(exprs)
 
 
 def select_units(runs: pl.DataFrame, objective: str = OBJECTIVE) -> pl.DataFrame:
-    """One run per (arm, seed): the one with the highest ``objective`` (ties: earliest).
+    """One run per (arm, seed, fold): the one with the highest ``objective`` (ties: earliest).
 
-    Runs without a seed are each their own unit (and cannot be paired).
+    Runs without a seed are each their own unit (and cannot be paired). Without
+    a fold factor ``fold`` is null and this is one run per (arm, seed).
     """
     runs = with_arm(runs)
     score = pl.col(objective) if objective in runs.columns else pl.lit(None, dtype=pl.Float64)
@@ -132,10 +164,10 @@ def select_units(runs: pl.DataFrame, objective: str = OBJECTIVE) -> pl.DataFrame
     seeded = (
         ranked.filter(pl.col("seed").is_not_null())
         .sort(["_score", "_order"], descending=[True, False], nulls_last=True)
-        .unique(subset=["arm", "seed"], keep="first", maintain_order=True)
+        .unique(subset=["arm", "seed", "fold"], keep="first", maintain_order=True)
     )
     unseeded = ranked.filter(pl.col("seed").is_null())
-    return pl.concat([seeded, unseeded]).sort("arm", "seed", "_order", nulls_last=True).drop("_score", "_order")
+    return pl.concat([seeded, unseeded]).sort("arm", "seed", "fold", "_order", nulls_last=True).drop("_score", "_order")
 
 
 # ----------------------------------------------------------------------------- intervals
@@ -192,25 +224,45 @@ def describe(x: Iterable[float], n_boot: int = 10_000, seed: int = 0) -> dict[st
 
 
 def arm_summary(
-    units: pl.DataFrame, metrics: Sequence[str] = METRICS, n_boot: int = 10_000, seed: int = 0
+    units: pl.DataFrame,
+    metrics: Sequence[str] = METRICS,
+    n_boot: int = 10_000,
+    seed: int = 0,
+    *,
+    split: str = "test",
+    patients: pl.DataFrame | None = None,
 ) -> pl.DataFrame:
-    """Long table: arm, metric, source, n, n_inf, mean, sd, t_lo, t_hi, boot_lo, boot_hi (metric scale).
+    """Long table: arm, metric, source, n, n_inf, mean, sd, t_lo, t_hi, boot_lo, boot_hi, over (metric scale).
 
-    ``n`` counts the finite values the statistics use; ``n_inf`` the infinite ones left out.
+    ``split`` 'test' reads ``value.<m>`` (source 'test'), 'val' reads ``val.<m>``
+    (source 'best val'). ``n`` counts the finite values the statistics use;
+    ``n_inf`` the infinite ones left out; ``over`` says what they are: 'seed'
+    (one value per unit), or 'patient' when ``patients`` (the pooled
+    per-patient rows of a k-fold sweep: arm, seed, patient_id, metric, value)
+    is given: each patient's mean over seeds, so the interval covers patient
+    sampling.
     """
+    if split not in ("test", "val"):
+        raise ValueError(f"split must be test or val, got {split!r}")
+    prefix, source = ("value", "test") if split == "test" else ("val", "best val")
     vals = metric_values(with_arm(units), metrics)
     rows: list[dict[str, Any]] = []
     for arm, group in sorted(vals.group_by("arm"), key=lambda kv: str(kv[0][0])):
         for m in metrics:
-            col = group[f"value.{m}"]
+            col = group[f"{prefix}.{m}"]
             if col.null_count() == col.len():
                 continue
-            sources = sorted(group[f"source.{m}"].drop_nulls().unique().to_list())
-            rows.append({"arm": arm[0], "metric": m, "source": " + ".join(sources),
-                         **describe(col.drop_nulls().to_list(), n_boot=n_boot, seed=seed)})
+            if patients is not None and split == "test":
+                per = (patients.filter((pl.col("arm") == arm[0]) & (pl.col("metric") == m))
+                       .group_by("patient_id").agg(pl.col("value").mean()))
+                values, over = per["value"].to_list(), "patient"
+            if patients is None or split != "test" or not values:
+                values, over = col.drop_nulls().to_list(), "seed"
+            rows.append({"arm": arm[0], "metric": m, "source": source,
+                         **describe(values, n_boot=n_boot, seed=seed), "over": over})
     schema = {"arm": pl.String, "metric": pl.String, "source": pl.String, "n": pl.Int64, "n_inf": pl.Int64,
               "mean": pl.Float64, "sd": pl.Float64, "t_lo": pl.Float64, "t_hi": pl.Float64,
-              "boot_lo": pl.Float64, "boot_hi": pl.Float64}
+              "boot_lo": pl.Float64, "boot_hi": pl.Float64, "over": pl.String}
     return pl.DataFrame(rows, schema=schema)
 
 
@@ -266,40 +318,83 @@ def paired_test(a: np.ndarray, b: np.ndarray, scale: float = 1.0) -> dict[str, A
     return out
 
 
+def matched_baselines(arms: Sequence[str], baseline: str | None, synthesis: dict[str, str | None]) -> dict[str, str]:
+    """Arm -> the baseline arm it is compared with.
+
+    An explicit ``baseline``: every other arm against it. Otherwise the
+    real-only arms (``synthesis`` none) are the baselines; when they differ in
+    some factor (e.g. ``data.train_patients``), each arm is compared with the
+    real-only arm that has its values of those factors (none: not compared).
+    """
+    if baseline is not None:
+        return {a: baseline for a in arms if a != baseline}
+    bases = sorted(a for a in arms if synthesis.get(a) == "none")
+    if not bases:
+        return {}
+    strata = sorted({k for b in bases for k in arm_factors(b) if k != "synthesis"
+                     and len({arm_factors(x).get(k) for x in bases}) > 1})
+    out: dict[str, str] = {}
+    for a in arms:
+        if a in bases:
+            continue
+        fa = arm_factors(a)
+        hit = [b for b in bases if all(arm_factors(b).get(k) == fa.get(k) for k in strata)]
+        if hit:
+            out[a] = hit[0]
+    return out
+
+
 def paired_comparisons(
     units: pl.DataFrame,
-    baseline: str | None,
+    baseline: str | dict[str, str] | None,
     per_patient: pl.DataFrame | None = None,
     metrics: Sequence[str] = METRICS,
+    *,
+    pooled: bool = False,
 ) -> pl.DataFrame:
-    """Every other arm against ``baseline``, per metric, paired by seed and by (seed, patient).
+    """Every other arm against its baseline, per metric, paired by seed and by (seed, patient).
 
-    No baseline (None): an empty table with the same columns.
+    ``baseline``: one arm for all, or a mapping arm -> baseline arm (see
+    :func:`matched_baselines`); None: an empty table with the same columns.
+    ``per_patient``: long rows (arm, seed, patient_id, metric, value) whose
+    ``arm`` is the unit's arm (``liverlab.report.folds.patient_rows``); rows
+    of runs that are not units must already be dropped. ``pooled`` (k-fold):
+    also a ``patient`` level, each patient's difference averaged over seeds.
     """
     vals = metric_values(with_arm(units), metrics).filter(pl.col("seed").is_not_null())
-    base = vals.filter(pl.col("arm") == baseline)
+    if baseline is None:
+        pairs: dict[str, str] = {}
+    elif isinstance(baseline, str):
+        pairs = {a: baseline for a in vals["arm"].unique().to_list() if a != baseline}
+    else:
+        pairs = dict(baseline)
     rows: list[dict[str, Any]] = []
-    arms = sorted(a for a in vals["arm"].unique().to_list() if a != baseline) if baseline is not None else []
-    for arm in arms:
-        other = vals.filter(pl.col("arm") == arm)
+    has_pp = per_patient is not None and per_patient.height > 0
+    for arm in sorted(pairs):
+        base_arm = pairs[arm]
+        other, base = vals.filter(pl.col("arm") == arm), vals.filter(pl.col("arm") == base_arm)
         for m in metrics:
             scale = 100.0 if m in POINT_METRICS else 1.0
-            unit = "points" if m in POINT_METRICS else "units"
+            head = {"arm": arm, "baseline": base_arm, "metric": m,
+                    "unit": "points" if m in POINT_METRICS else "units"}
             pair = other.select("seed", pl.col(f"value.{m}").alias("a")).join(
                 base.select("seed", pl.col(f"value.{m}").alias("b")), on="seed", how="inner"
             ).drop_nulls().sort("seed")
             if pair.height:
-                rows.append({"arm": arm, "baseline": baseline, "metric": m, "level": "seed", "unit": unit,
-                             **paired_test(pair["a"].to_numpy(), pair["b"].to_numpy(), scale)})
-            if per_patient is None or per_patient.height == 0:
+                rows.append({**head, "level": "seed", **paired_test(pair["a"].to_numpy(), pair["b"].to_numpy(), scale)})
+            if not has_pp:
                 continue
-            pp = per_patient.filter(pl.col("metric") == m)
-            a_pp = pp.join(other.select("run_id"), on="run_id").select("seed", "patient_id", pl.col("value").alias("a"))
-            b_pp = pp.join(base.select("run_id"), on="run_id").select("seed", "patient_id", pl.col("value").alias("b"))
+            pp = per_patient.filter(pl.col("metric") == m)  # type: ignore[union-attr]
+            a_pp = pp.filter(pl.col("arm") == arm).select("seed", "patient_id", pl.col("value").alias("a"))
+            b_pp = pp.filter(pl.col("arm") == base_arm).select("seed", "patient_id", pl.col("value").alias("b"))
             pair = a_pp.join(b_pp, on=["seed", "patient_id"], how="inner").drop_nulls().sort("seed", "patient_id")
-            if pair.height:
-                rows.append({"arm": arm, "baseline": baseline, "metric": m, "level": "seed x patient", "unit": unit,
-                             **paired_test(pair["a"].to_numpy(), pair["b"].to_numpy(), scale)})
+            if pair.height == 0:
+                continue
+            if pooled:
+                per = pair.group_by("patient_id").agg(pl.col("a").mean(), pl.col("b").mean()).sort("patient_id")
+                rows.append({**head, "level": "patient", **paired_test(per["a"].to_numpy(), per["b"].to_numpy(), scale)})
+            rows.append({**head, "level": "seed x patient",
+                         **paired_test(pair["a"].to_numpy(), pair["b"].to_numpy(), scale)})
     schema = {"arm": pl.String, "baseline": pl.String, "metric": pl.String, "level": pl.String, "unit": pl.String,
               "n": pl.Int64, "mean_diff": pl.Float64, "sd_diff": pl.Float64, "t_lo": pl.Float64, "t_hi": pl.Float64,
               "t_stat": pl.Float64, "t_p": pl.Float64, "w_stat": pl.Float64, "w_p": pl.Float64, "d_z": pl.Float64,

@@ -64,7 +64,7 @@ class Objective(_Strict):
 
 class SchedulerSpec(_Strict):
     type: Literal["asha", "none"] = "asha"
-    max_t: int | None = Field(None, ge=1, description="default: the stage's epochs")
+    max_t: int | None = Field(None, ge=1, description="default: the stage's reports (EssNet epochs; U-Net iterations / val_every)")
     grace_period: int = Field(1, ge=1)
     reduction_factor: float = Field(2.0, gt=1.0)
 
@@ -110,6 +110,10 @@ class LoadedSpace:
         self.space = space
         self.base_raw = base_raw
         self.base_path = base_path
+        # Relative data paths (in the base experiment and in `set`) mean the directory
+        # `liverlab sweep` ran from; a trial runs in Ray's own working directory, so the
+        # driver's is recorded here and travels with the pickled space.
+        self.base_dir = Path.cwd()
 
     @property
     def name(self) -> str:
@@ -133,7 +137,9 @@ class LoadedSpace:
 
     def config(self, arm: dict[str, Any], seed: int, params: dict[str, Any] | None = None) -> ExperimentConfig:
         overrides = {**self.overrides(), **arm, "seed": seed, **(params or {})}
-        return config_from_dict(self.base_raw, overrides, source=f"{self.path} (base {self.base_path})")
+        return config_from_dict(
+            self.base_raw, overrides, source=f"{self.path} (base {self.base_path})", base_dir=self.base_dir
+        )
 
     def active_params(self, arm: dict[str, Any]) -> dict[str, ParamSpec]:
         return {k: p for k, p in self.space.params.items() if all(arm.get(f) in v for f, v in (p.when or {}).items())}
@@ -143,7 +149,7 @@ class LoadedSpace:
             return self.space.scheduler.max_t
         if config.stage == "essnet":
             return config.essnet.epochs + config.essnet.decay_epochs
-        return config.unet.epochs
+        return config.unet.n_reports  # one report per unet.val_every steps
 
 
 def arm_id(arm: dict[str, Any]) -> str:

@@ -63,6 +63,8 @@ class EssNet(nn.Module):
         self.seg: nn.Module | None = None
         if cfg.lambda_seg > 0:  # S sees G_mri's output, so it takes the sizes the generator takes
             self.seg = segmenter_from_config(cfg.segmenter, n_downsampling=cfg.generator.n_downsampling)
+            if cfg.segmenter.tanh:  # SynSeg-Net: logits squashed to [-1, 1] before the loss
+                self.seg = nn.Sequential(self.seg, nn.Tanh())
 
     def generator_parameters(self) -> list[nn.Parameter]:
         params = list(self.g_mri.parameters()) + list(self.g_ct.parameters())
@@ -212,9 +214,10 @@ def train_essnet(
     common.seed_everything(config.seed)
     device = common.select_device(config.device)
     data = EssNetData(config)
-    from liverlab.train.reference import reference_segmenter
+    from liverlab.train.reference import judge_scores, reference_segmenter
 
     judge = reference_segmenter(config, device)  # same judge of shape preservation in every arm
+    judge_metrics = judge_scores(config) if judge is not None else {}
 
     net = EssNet(cfg).to(device)
     if config.channels_last:
@@ -238,7 +241,7 @@ def train_essnet(
         tracker.log_params(config.model_dump(mode="json"))
         tracker.log_text(dump_config(config), "config.yaml")
 
-    steps = cfg.steps_per_epoch or max(1, len(data.ct_train) // cfg.batch_size)
+    steps = data.steps_per_epoch(cfg.batch_size, cfg.steps_per_epoch)  # max(|CT|, |MRI|) / batch by default
     metrics: dict[str, float] = {}
     bar = EpochProgress("essnet", total_epochs, steps, enabled=progress)
     for epoch in range(start_epoch, total_epochs):
@@ -258,6 +261,8 @@ def train_essnet(
         metrics = {k: v / steps for k, v in sums.items()}
         t1 = time.perf_counter()
         metrics.update(validate_essnet(net, data, device, config.precision, judge))
+        if "val/shape_dice" in metrics:
+            metrics.update(judge_metrics)  # how far to trust the judge, beside every shape_dice
         metrics["train/images_per_s"] = steps * cfg.batch_size / max(train_time, 1e-9)
         metrics["time/train_s"] = train_time
         metrics["time/val_s"] = time.perf_counter() - t1
@@ -284,8 +289,9 @@ def validate_essnet(
     validation slices are of the same patients (phantoms). ``val/shape_dice``
     is the Dice, on liver-bearing slices, of the frozen reference segmenter
     (``judge``, trained on real MRI) on G_mri(CT) against the carried CT mask:
-    one judge for every arm. ``val/seg_dice`` is EssNet's own S on the same
-    images; without a judge, ``val/shape_dice`` falls back to it.
+    one judge for every arm (``train_essnet`` logs the judge's own held-out
+    IoU on real MRI beside it as ``val/judge_iou``). ``val/seg_dice`` is EssNet's
+    own S on the same images; without a judge, ``val/shape_dice`` falls back to it.
     """
     from liverlab.metrics import dice, mae, psnr, ssim
 

@@ -1,7 +1,10 @@
 """The slices EssNet trains and validates on.
 
 Training is unpaired: CT slices (with their liver mask) and MRI slices are
-drawn independently. Where CT and MRI share patient ids (phantoms, which
+drawn independently. As in the reference CycleGAN code, an epoch is
+max(|CT|, |MRI|) pairs (the smaller domain is repeated in fresh permutations)
+and each training slice gets a random resize-crop jitter (``essnet.load_scale``,
+CycleGAN's load_size / crop_size), the CT mask moved with its image. Where CT and MRI share patient ids (phantoms, which
 have both modalities of one anatomy), the training patients are split in two
 halves, CT from one and MRI from the other, so no anatomy is seen in both
 modalities. Validation on phantoms keeps the pairs: the true MRI of each CT
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,10 +24,86 @@ from liverlab.config import ExperimentConfig
 from liverlab.train import data as tdata
 
 
+def _chained(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
+    """``k`` indices into ``range(n)``: random permutations chained, so each index appears about equally."""
+    rounds = -(-k // n)
+    return np.concatenate([rng.permutation(n) for _ in range(rounds)])[:k]
+
+
+class ResizeCrop:
+    """CycleGAN's resize-and-crop jitter: resize to ``round(size * load_scale)``, take a random ``size`` crop.
+
+    Image (C, H, W) bilinear and mask (H, W) nearest are resized and cropped
+    with the same offsets, so the mask stays on its anatomy. ``load_scale`` 1
+    returns the inputs unchanged.
+    """
+
+    def __init__(self, size: int, load_scale: float) -> None:
+        self.size = int(size)
+        self.load = max(self.size, int(round(size * load_scale)))
+
+    def __call__(
+        self, image: torch.Tensor, mask: torch.Tensor | None, rng: np.random.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        import torch.nn.functional as F
+
+        if self.load == self.size:
+            return image, mask
+        big = F.interpolate(image[None].float(), size=(self.load, self.load), mode="bilinear", align_corners=False)[0]
+        i, j = (int(v) for v in rng.integers(0, self.load - self.size + 1, size=2))
+        image = big[:, i : i + self.size, j : j + self.size].clamp(-1.0, 1.0).contiguous()
+        if mask is not None:
+            m = F.interpolate(mask[None, None].float(), size=(self.load, self.load), mode="nearest-exact")[0, 0]
+            mask = m[i : i + self.size, j : j + self.size].round().long().contiguous()
+        return image, mask
+
+
+class UnpairedEpoch(torch.utils.data.Dataset):
+    """Unpaired (CT, CT mask, MRI) items; an epoch is max(|CT|, |MRI|) of them.
+
+    Item ``i`` of epoch ``e`` is CT slice ``ct_order[i]`` and MRI slice
+    ``mri_order[i]``, two independent chains of permutations drawn from
+    ``default_rng([seed, e])``: every slice of the larger domain once, the
+    smaller domain repeated about equally, reproducible. Call ``set_epoch``
+    before each epoch. The jitter of item ``i`` is seeded by (seed, e, i).
+    """
+
+    def __init__(self, ct: Any, mri: Any, seed: int = 0, size: int | None = None, load_scale: float = 1.0) -> None:
+        from liverlab.errors import LiverlabError
+
+        if len(ct) == 0 or len(mri) == 0:
+            raise LiverlabError(f"unpaired slices need CT and MRI slices (got {len(ct)} CT, {len(mri)} MRI)")
+        self.ct, self.mri, self.seed = ct, mri, int(seed)
+        self.jitter = ResizeCrop(size or int(ct.images.shape[-1]), load_scale)
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        rng = np.random.default_rng([self.seed, self.epoch])
+        n = len(self)
+        self.ct_order = _chained(rng, len(self.ct), n)
+        self.mri_order = _chained(rng, len(self.mri), n)
+
+    def __len__(self) -> int:
+        return max(len(self.ct), len(self.mri))
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        a, b = int(self.ct_order[i]), int(self.mri_order[i])
+        rng = np.random.default_rng([self.seed, self.epoch, int(i)])
+        ct = torch.from_numpy(np.array(self.ct.images[a], dtype=np.float32))[None]
+        mask = torch.from_numpy(np.array(self.ct.masks[a], dtype=np.int64))
+        mri = torch.from_numpy(np.array(self.mri.images[b], dtype=np.float32))[None]
+        ct, mask_j = self.jitter(ct, mask, rng)
+        mri, _ = self.jitter(mri, None, rng)
+        assert mask_j is not None
+        return {
+            "ct": ct, "ct_mask": mask_j, "mri": mri,
+            "ct_patient_id": self.ct.patient_ids[a], "mri_patient_id": self.mri.patient_ids[b],
+        }
+
+
 class EssNetData:
     def __init__(self, config: ExperimentConfig) -> None:
-        from liverlab.data.datasets import UnpairedSlices
-
         self.config = config
         ct_dir, mri_dir = tdata.dataset_dirs(config)
         tdata.require_dataset(ct_dir, "data.ct")
@@ -42,7 +122,9 @@ class EssNetData:
             ct_train, mri_train = ct_train[0::2], mri_train[1::2]
         self.ct_train = tdata.load(config, ct_dir, "ct", None, cases=ct_train)
         self.mri_train = tdata.load(config, mri_dir, "mri", None, cases=mri_train)
-        self.unpaired = UnpairedSlices(self.ct_train, self.mri_train, seed=config.seed)
+        self.unpaired = UnpairedEpoch(
+            self.ct_train, self.mri_train, seed=config.seed, size=config.data.size, load_scale=config.essnet.load_scale
+        )
 
         # Validation: CT validation patients, every slice, so pairs line up with the MRI.
         val_cases = split_cases(ct_table, "val") or split_cases(ct_table, "test")
@@ -73,6 +155,10 @@ class EssNetData:
             }
             if self.val_true_mri is not None:
                 self.panel_batch["mri"] = torch.from_numpy(self.val_true_mri[pick, None])
+
+    def steps_per_epoch(self, batch_size: int, steps_per_epoch: int | None = None) -> int:
+        """``essnet.steps_per_epoch``, else max(|CT|, |MRI|) training slices / batch (at least 1)."""
+        return steps_per_epoch or max(1, len(self.unpaired) // batch_size)
 
     def train_batches(self, epoch: int, steps: int, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
         self.unpaired.set_epoch(epoch)

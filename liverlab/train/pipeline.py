@@ -1,5 +1,9 @@
 """A pipeline trial: EssNet (or CycleGAN, or nothing) -> synthesis -> U-Net.
 
+``synthesis: intensity`` (the non-GAN control arm) trains no translator: its
+synthetic set is the CT training slices remapped to the real-MRI histogram
+(``liverlab.train.intensity_synth``), cached and mixed like the others.
+
 EssNet checkpoints and synthetic datasets are stored by content hash under
 ``cache_root`` and reused by every trial that needs the same one. Two trials
 that need the same one at the same time compute it once: the second waits on
@@ -48,7 +52,8 @@ class _StageTracker:
 def essnet_key(config: ExperimentConfig) -> str:
     """What determines a trained translator: data, EssNet settings (after the arm), seed, precision."""
     payload = {
-        "data": config.data.model_dump(mode="json"),
+        # train_patients limits only the U-Net's labelled real MRI, never the translator's data.
+        "data": config.data.model_dump(mode="json", exclude={"train_patients"}),
         "essnet": config.effective_essnet().model_dump(mode="json"),
         "seed": config.seed,
         "precision": config.precision,
@@ -119,6 +124,23 @@ def cached_synthesis(config: ExperimentConfig, checkpoint: Path, cache_root: str
     return materialise(cache_root, "synthetic", key[:24], PROVENANCE, compute)
 
 
+def cached_intensity(config: ExperimentConfig, cache_root: str | Path) -> tuple[Path, bool]:
+    """The ``synthesis: intensity`` set (no translator): CT training patients remapped to the MRI histogram."""
+    from liverlab.train.intensity_synth import PROVENANCE, intensity_key, synthesize_intensity
+
+    ct_dir, mri_dir = tdata.dataset_dirs(config)
+    tdata.require_dataset(ct_dir, "data.ct")
+    tdata.require_dataset(mri_dir, "data.mri")
+    cases = tdata.cases_in(ct_dir, config, "train")
+    mri_cases = tdata.cases_in(mri_dir, config, "train")
+    key = intensity_key(config, ct_dir, mri_dir, cases, mri_cases)
+
+    def compute(out: Path) -> None:
+        synthesize_intensity(config, ct_dir, mri_dir, out, cases, mri_cases)
+
+    return materialise(cache_root, "synthetic", key[:24], PROVENANCE, compute)
+
+
 def run_pipeline(
     config: ExperimentConfig,
     report: Report = common.no_report,
@@ -142,6 +164,12 @@ def run_pipeline(
     if config.synthesis == "none":
         unet_cfg = config.model_copy(update={"unet": config.unet.model_copy(update={"mixing_ratio": 0.0, "synthetic": None})})
         return train_unet(unet_cfg, report, tracker, workdir / "unet", progress=progress)
+
+    if config.synthesis == "intensity":  # the non-GAN control: no translator to train
+        synthetic, synth_reused = cached_intensity(config, cache_root)
+        tracker.set_tags({"liverlab.synthetic_cache": synthetic.name, "liverlab.synthetic_reused": str(synth_reused).lower()})
+        unet = config.unet.model_copy(update={"synthetic": str(synthetic)})
+        return train_unet(config.model_copy(update={"unet": unet}), report, tracker, workdir / "unet", progress=progress)
 
     checkpoint, essnet_metrics, reused = cached_essnet(config, cache_root, tracker)
     if reused:  # the run still carries the translator's figures and its last picture panel

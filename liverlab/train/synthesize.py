@@ -57,6 +57,7 @@ def synthesis_key(
         "source": manifest_hash(read_manifest(Path(ct_dir))),
         "size": d.size,
         "ct_window": list(d.ct_window),
+        **({"spacing_mm": d.spacing_mm} if d.spacing_mm is not None else {}),
         "cases": sorted(cases) if cases else None,
     }
     return sha256_json(payload)
@@ -73,6 +74,7 @@ def synthesize(
 ) -> Path:
     """Write the synthetic MRI dataset to ``out`` (reused when its key matches)."""
     from liverlab.data.manifest import build_manifest, manifest_hash, read_manifest
+    from liverlab.data.cache import from_spacing
     from liverlab.data.nifti import load_volume, save_volume
 
     ct_dir, out = Path(ct_dir), Path(out)
@@ -112,9 +114,10 @@ def synthesize(
             fake = _generate(net, np.asarray(slices.images[idx]), dev, config.precision, batch_size)
             # Back onto the CT's own grid, so the CT affine and label apply unchanged.
             x, y = vol.image.shape[:2]
-            full = torch.nn.functional.interpolate(torch.from_numpy(fake)[:, None], size=(x, y), mode="bilinear", align_corners=False)
+            # (With data.spacing_mm: un-crop / un-pad, then resample; outside the crop: -1, background.)
+            full = from_spacing(fake, (x, y), vol.spacing[:2], config.data.spacing_mm)
             image = np.zeros(vol.image.shape, dtype=np.float32)
-            image[:, :, z_all[idx]] = np.moveaxis(full[:, 0].numpy(), 0, -1)
+            image[:, :, z_all[idx]] = np.moveaxis(full, 0, -1)
             save_volume(tmp / "imagesTr" / f"{case}_0000.nii.gz", image, vol.affine)
             save_volume(tmp / "labelsTr" / f"{case}.nii.gz", vol.label.astype(np.uint8), vol.affine)
         dataset = {

@@ -1,10 +1,15 @@
 """Stage 2: a liver U-Net on real MRI, optionally mixed with synthetic MRI.
 
-Each epoch draws ``steps_per_epoch * batch_size`` slices: real training
-slices and, when ``unet.mixing_ratio`` r > 0, synthetic ones so that
-synthetic / real = r. Validation is per patient, in 3D; early stopping keeps
-the best ``val/iou`` weights, and the final test evaluation writes one row per
-test patient (IoU, Dice, RAVD %, ASSD mm, MSSD mm) to ``per_patient.parquet``.
+Training length is ``unet.iterations`` optimiser steps of ``batch_size``
+slices, whatever the mixing ratio: with r > 0 each batch draws synthetic
+slices so that synthetic / real = r, but every arm takes the same number of
+steps with the same learning-rate schedule (``unet.lr_schedule``, poly by
+default, AdamW by default). Every ``unet.val_every`` steps the run validates
+per patient in 3D (when it has validation patients), reports and
+checkpoints. ``unet.keep`` chooses the weights tested and written to
+``best.pt``: the last (default) or the best ``val/iou``; early stopping is
+optional. The final test evaluation writes one row per test patient (IoU,
+Dice, RAVD %, ASSD mm, MSSD mm) to ``per_patient.parquet``.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from typing import Any
 
 import torch
 
-from liverlab.config import ExperimentConfig, dump_config
+from liverlab.config import ExperimentConfig, UNetConfig, dump_config
 from liverlab.errors import LiverlabError
 from liverlab.losses import dice_ce_loss
 from liverlab.models import unet_from_config
@@ -31,6 +36,25 @@ def build_unet(config: ExperimentConfig) -> torch.nn.Module:
     return unet_from_config(config.unet.model)
 
 
+def lr_factor(schedule: str, iteration: int, iterations: int) -> float:
+    """Learning-rate multiplier for step ``iteration`` (0-based) of ``iterations``.
+
+    poly: ``(1 - it/iterations) ** 0.9`` (nnU-Net); cosine: ``0.5 (1 + cos(pi it/iterations))``.
+    """
+    t = min(max(iteration / iterations, 0.0), 1.0)
+    if schedule == "poly":
+        return (1.0 - t) ** 0.9
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * t))
+    return 1.0
+
+
+def make_optimizer(model: torch.nn.Module, u: UNetConfig) -> torch.optim.Optimizer:
+    o = u.optim
+    cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
+    return cls(model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay)
+
+
 class UNetData:
     """Real MRI splits by patient, plus the synthetic set when one is mixed in."""
 
@@ -41,15 +65,18 @@ class UNetData:
         u = config.unet
         _, mri_dir = tdata.dataset_dirs(config)
         tdata.require_dataset(mri_dir, "data.mri")
-        self.train = tdata.load(config, mri_dir, "mri", "train")
+        self.mri_dir = mri_dir
+        self.train = tdata.load(config, mri_dir, "mri", "train", empty_slice_fraction=u.empty_slice_fraction)
         if len(self.train) == 0:
             raise LiverlabError(f"data.mri: {mri_dir} has no training slices with the configured split")
-        self.val = tdata.load(config, mri_dir, "mri", "val", all_slices=True)
-        if len(self.val) == 0:
-            raise LiverlabError(f"data.mri: {mri_dir} has no validation patients (data.split.val = {config.data.split.val})")
-        self.test = tdata.load(config, mri_dir, "mri", "test", all_slices=True)
-        a = u.augment
-        augment = Augment(flip=a.flip, rotate_degrees=a.rotate_degrees, scale=a.scale, intensity=a.intensity, seed=config.seed)
+        self.val = self._split(config, "val")
+        if self.val is None and u.needs_val:
+            raise LiverlabError(
+                f"data.split.val: {mri_dir} has no validation patients (val = {config.data.split.val}), "
+                f"but unet.keep = {u.keep} / unet.early_stopping = {u.early_stopping} need them"
+            )
+        self.test = self._split(config, "test")
+        augment = Augment.from_config(u.augment, seed=config.seed)
         real = SegmentationSlices(self.train, augment=augment)
         self.n_real, self.n_synth = len(real), 0
         parts: list[Any] = [real]
@@ -63,22 +90,46 @@ class UNetData:
         self.dataset = torch.utils.data.ConcatDataset(parts)
         self.ratio = u.mixing_ratio
         self.batch_size = u.batch_size
-        self.steps = u.steps_per_epoch or max(1, math.ceil(self.n_real * (1 + self.ratio) / u.batch_size))
         self.seed = config.seed
 
-    def loader(self, epoch: int) -> torch.utils.data.DataLoader:
+    @staticmethod
+    def _split(config: ExperimentConfig, split: str) -> Any:
+        """Every slice of the split's patients, or None when the split has none."""
+        mri_dir = config.data.mri_dir
+        if not tdata.cases_in(mri_dir, config, split):
+            return None
+        return tdata.load(config, mri_dir, "mri", split, all_slices=True)
+
+    @property
+    def train_patients(self) -> list[str]:
+        """Every patient the model saw: training and validation patients."""
+        seen = set(self.train.patient_ids) | (set(self.val.patient_ids) if self.val is not None else set())
+        return sorted(str(p) for p in seen)
+
+    def loader(self, round_: int, steps: int) -> torch.utils.data.DataLoader:
+        """``steps`` batches for validation round ``round_`` (seeded by it, so resumes repeat it)."""
         from liverlab.data.datasets import MixingSampler
 
-        n = self.steps * self.batch_size
-        sampler = MixingSampler(self.n_real, self.n_synth, self.ratio, num_samples=n, seed=self.seed * 1000 + epoch)
+        n = steps * self.batch_size
+        sampler = MixingSampler(self.n_real, self.n_synth, self.ratio, num_samples=n, seed=self.seed * 1000 + round_)
         return torch.utils.data.DataLoader(self.dataset, batch_size=self.batch_size, sampler=sampler, num_workers=0)
 
 
-def _validate(model: torch.nn.Module, slices: Any, device: torch.device, precision: str, split: str) -> tuple[list, dict]:
+def _validate(
+    model: torch.nn.Module, slices: Any, device: torch.device, precision: str, split: str,
+    postprocess: Any = ev.DEFAULT_POSTPROCESS,
+) -> tuple[list, dict]:
+    """Training-grid metrics (``val/*``); test metrics are on the native grid (``ev.native_case_metrics``)."""
     preds = ev.predict_slices(model, slices.images, device, precision)
     which = ("iou", "dice") if split == "val" else ev.METRICS
-    rows = ev.case_metrics(slices, preds, which)
+    rows = ev.case_metrics(slices, preds, which, postprocess)
     return rows, ev.mean_metrics(rows, split, which)
+
+
+def _manifest_hash(mri_dir: Path) -> str:
+    from liverlab.data.manifest import ensure_manifest, manifest_hash
+
+    return manifest_hash(ensure_manifest(mri_dir))
 
 
 def train_unet(
@@ -88,7 +139,7 @@ def train_unet(
     workdir: str | Path = ".",
     progress: bool = False,
 ) -> dict[str, float]:
-    """Train, early-stop on ``val/iou``, evaluate the best weights on the test patients."""
+    """Train ``unet.iterations`` steps, validate every ``val_every``, test the kept weights."""
     from liverlab.tracking.writer import NullTracker
     from liverlab.train.progress import EpochProgress
 
@@ -103,31 +154,35 @@ def train_unet(
     model = build_unet(config).to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    o = u.optim
-    opt = torch.optim.Adam(model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay)
-    start_epoch, best_iou, bad_epochs = 0, -1.0, 0
-    best_state = copy.deepcopy(model.state_dict())
+    opt = make_optimizer(model, u)
+    start, best_iou, bad_rounds = 0, -1.0, 0
+    best_state: dict[str, Any] | None = None
 
     resume = common.find_resume(workdir)
     if resume is not None and resume.get("kind") == "unet":
         model.load_state_dict(resume["model"])
         opt.load_state_dict(resume["optim"])
-        best_state = resume["best_model"]
-        start_epoch, best_iou, bad_epochs = int(resume["epoch"]), float(resume["best_iou"]), int(resume["bad_epochs"])
+        best_state = resume["best_model"] if u.keep == "best" else None
+        start, best_iou, bad_rounds = int(resume["iteration"]), float(resume["best_iou"]), int(resume["bad_rounds"])
         common.set_rng_state(resume["rng"])
     else:
         tracker.log_params(config.model_dump(mode="json"))
         tracker.log_text(dump_config(config), "config.yaml")
         tracker.log_metrics({"data/n_real": data.n_real, "data/n_synthetic": data.n_synth}, step=0)
 
-    bar = EpochProgress("unet", u.epochs, data.steps, enabled=progress)
+    bar = EpochProgress("unet", u.n_reports, u.val_every, enabled=progress, unit="iteration")
     metrics: dict[str, float] = {}
-    for epoch in range(start_epoch, u.epochs):
-        if bad_epochs >= u.patience:
+    it = start
+    while it < u.iterations:
+        if u.early_stopping and bad_rounds >= u.patience:
             break
+        round_ = it // u.val_every
+        steps = min(u.val_every, u.iterations - it)
         model.train()
         total, t0 = 0.0, time.perf_counter()
-        for i, batch in enumerate(data.loader(epoch)):
+        for i, batch in enumerate(data.loader(round_, steps)):
+            for group in opt.param_groups:
+                group["lr"] = u.optim.lr * lr_factor(u.lr_schedule, it, u.iterations)
             x = batch["image"].to(device, non_blocking=True)
             y = batch["mask"].to(device, non_blocking=True)
             if config.channels_last:
@@ -136,49 +191,61 @@ def train_unet(
                 logits = model(x)
             loss = dice_ce_loss(logits.float(), y, dice_weight=u.dice_weight, ce_weight=u.ce_weight)
             value = float(loss.detach())
-            common.check_finite({"train/loss": value}, f"unet epoch {epoch + 1} step {i + 1}")
+            common.check_finite({"train/loss": value}, f"unet iteration {it + 1}")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            it += 1
             total += value
-            bar.step(epoch, i + 1, value)
+            bar.step(round_, i + 1, value)
         train_time = time.perf_counter() - t0
-        t1 = time.perf_counter()
-        _, val = _validate(model, data.val, device, config.precision, "val")
-        val_time = time.perf_counter() - t1
-        if val["val/iou"] > best_iou:
-            best_iou, bad_epochs = val["val/iou"], 0
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            bad_epochs += 1
         metrics = {
-            "train/loss": total / data.steps,
-            **val,
-            "val/best_iou": best_iou,
-            "train/images_per_s": data.steps * data.batch_size / max(train_time, 1e-9),
+            "train/loss": total / steps,
+            "train/lr": float(opt.param_groups[0]["lr"]),
+            "train/images_per_s": steps * data.batch_size / max(train_time, 1e-9),
             "time/train_s": train_time,
-            "time/val_s": val_time,
-            "epoch": epoch + 1,
+            "iteration": it,
         }
-        tracker.log_metrics(metrics, step=epoch + 1)
+        if data.val is not None:
+            t1 = time.perf_counter()
+            _, val = _validate(model, data.val, device, config.precision, "val", u.postprocess)
+            metrics["time/val_s"] = time.perf_counter() - t1
+            if val["val/iou"] > best_iou:
+                best_iou, bad_rounds = val["val/iou"], 0
+                if u.keep == "best":
+                    best_state = copy.deepcopy(model.state_dict())
+            else:
+                bad_rounds += 1
+            metrics.update({**val, "val/best_iou": best_iou})
+        tracker.log_metrics(metrics, step=it)
         state = {
-            "kind": "unet", "epoch": epoch + 1, "model": model.state_dict(), "optim": opt.state_dict(),
-            "best_model": best_state, "best_iou": best_iou, "bad_epochs": bad_epochs,
+            "kind": "unet", "iteration": it, "model": model.state_dict(), "optim": opt.state_dict(),
+            "best_model": best_state if best_state is not None else model.state_dict(),
+            "best_iou": best_iou, "bad_rounds": bad_rounds,
             "config": config.model_dump(mode="json"), "rng": common.rng_state(),
         }
         ckpt = common.save_checkpoint(workdir, state)
         report(dict(metrics), checkpoint=ckpt)
-        bar.epoch_done(epoch, metrics)
+        bar.epoch_done(round_, metrics)
     bar.close()
 
-    # Final evaluation with the best weights on patients never used for training or selection.
-    model.load_state_dict(best_state)
-    common.atomic_torch_save({"kind": "unet_weights", "model": best_state, "config": config.model_dump(mode="json")}, workdir / "best.pt")
+    # Test the kept weights on patients never used for training or selection.
+    kept = best_state if (u.keep == "best" and best_state is not None) else model.state_dict()
+    model.load_state_dict(kept)
+    common.atomic_torch_save(
+        {
+            "kind": "unet_weights", "model": kept, "config": config.model_dump(mode="json"),
+            "iteration": it, "train_patients": data.train_patients, "manifest_hash": _manifest_hash(data.mri_dir),
+        },
+        workdir / "best.pt",
+    )
     final = dict(metrics)
-    if len(data.test):
-        rows, test = _validate(model, data.test, device, config.precision, "test")
+    if data.test is not None:
+        # Each test case on its own grid and spacing, by the function `liverlab evaluate --checkpoint` uses.
+        rows = ev.native_case_metrics(model, data.test, data.mri_dir, device, config.precision, u.postprocess)
+        test = ev.mean_metrics(rows, "test")
         table = ev.write_table(rows, workdir / "per_patient.parquet")
-        tracker.log_metrics(test, step=u.epochs)
+        tracker.log_metrics(test, step=it)
         tracker.log_artifact(table)
         final.update(test)
         _panel(model, data.test, device, config.precision, workdir, tracker)
