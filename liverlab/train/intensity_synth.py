@@ -41,17 +41,14 @@ with the CT affine.
 
 from __future__ import annotations
 
-import json
-import os
-import time
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from liverlab import __version__
 from liverlab.config import ExperimentConfig, dump_config
-from liverlab.data.atomic import sha256_json, staging_dir
+from liverlab.data.atomic import sha256_json
 from liverlab.errors import LiverlabError
 
 PROVENANCE = "provenance.json"  # the same completion marker as liverlab.train.synthesize
@@ -140,64 +137,32 @@ def synthesize_intensity(
     ``cases``: the CT cases to remap (the CT training patients); ``mri_cases``:
     the real MRI cases whose histogram is the target (the MRI training patients).
     """
-    from liverlab.data.manifest import build_manifest, manifest_hash, read_manifest
-    from liverlab.data.nifti import load_volume, save_volume
+    from liverlab.data.manifest import read_manifest
+    from liverlab.data.nifti import load_volume
+    from liverlab.train.synthesize import reuse_or_check, write_synthetic
 
     ct_dir, mri_dir, out = Path(ct_dir), Path(mri_dir), Path(out)
     key = intensity_key(config, ct_dir, mri_dir, cases, mri_cases)
-    prov_path = out / PROVENANCE
-    if prov_path.is_file():
-        if json.loads(prov_path.read_text()).get("key") == key:
-            return out
-        raise LiverlabError(f"{out}: holds a synthetic dataset made from other data or settings")
-    if out.exists() and any(out.iterdir()):
-        raise LiverlabError(f"{out}: exists and is not a liverlab synthetic dataset")
+    if reuse_or_check(out, key, "a synthetic dataset made from other data or settings"):
+        return out
     if not cases:
         raise LiverlabError(f"{ct_dir}: no CT training cases to remap (synthesis: intensity)")
     mri_rows = {r["case_id"]: r for r in read_manifest(mri_dir).iter_rows(named=True)}
     reference = mri_reference([load_volume(mri_dir / mri_rows[c]["image_path"]).image for c in mri_cases])
-    manifest = read_manifest(ct_dir)
-    rows = {r["case_id"]: r for r in manifest.iter_rows(named=True)}
     window = (float(config.data.ct_window[0]), float(config.data.ct_window[1]))
-    with staging_dir(out.parent, prefix=f".{out.name}.staging-") as tmp:
-        (tmp / "imagesTr").mkdir()
-        (tmp / "labelsTr").mkdir()
-        for case in cases:
-            row = rows[case]
-            vol = load_volume(ct_dir / row["image_path"], ct_dir / row["label_path"])
-            image = np.empty(vol.image.shape, dtype=np.float32)
-            for z in range(vol.image.shape[2]):
-                image[:, :, z] = remap_slice(vol.image[:, :, z], window, reference, slice_rng(config.seed, case, z))
-            save_volume(tmp / "imagesTr" / f"{case}_0000.nii.gz", image, vol.affine)
-            save_volume(tmp / "labelsTr" / f"{case}.nii.gz", vol.label.astype(np.uint8), vol.affine)
-        dataset = {
-            "name": f"intensity-remapped CT from {ct_dir.name}",
-            "channel_names": {"0": "MRI"},
-            "labels": {"background": 0, "liver": 1},
-            "numTraining": len(cases),
-            "file_ending": ".nii.gz",
-            "synthetic": True,
-            "synthesis": "intensity",
-        }
-        (tmp / "dataset.json").write_text(json.dumps(dataset, indent=2))
-        build_manifest(tmp)
-        provenance = {
-            "key": key,
-            "method": METHOD,
-            "checkpoint": None,
-            "source": str(ct_dir),
-            "source_manifest_hash": manifest_hash(manifest),
-            "reference": str(mri_dir),
-            "reference_cases": sorted(mri_cases),
-            "reference_range": [float(reference[0]), float(reference[-1])],
-            "cases": list(cases),
-            "seed": config.seed,
-            "config": dump_config(config),
-            "liverlab_version": __version__,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-        (tmp / PROVENANCE).write_text(json.dumps(provenance, indent=2))
-        if out.exists():
-            out.rmdir()  # empty (checked above)
-        os.replace(tmp, out)
-    return out
+
+    def remap(case: str, vol: Any) -> np.ndarray:
+        image = np.empty(vol.image.shape, dtype=np.float32)
+        for z in range(vol.image.shape[2]):
+            image[:, :, z] = remap_slice(vol.image[:, :, z], window, reference, slice_rng(config.seed, case, z))
+        return image
+
+    return write_synthetic(
+        out, ct_dir, list(cases), remap,
+        dataset={"name": f"intensity-remapped CT from {ct_dir.name}", "synthesis": "intensity"},
+        provenance={
+            "key": key, "method": METHOD, "checkpoint": None, "reference": str(mri_dir),
+            "reference_cases": sorted(mri_cases), "reference_range": [float(reference[0]), float(reference[-1])],
+            "seed": config.seed, "config": dump_config(config),
+        },
+    )

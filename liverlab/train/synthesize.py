@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -73,9 +74,7 @@ def synthesize(
     progress: bool = False,
 ) -> Path:
     """Write the synthetic MRI dataset to ``out`` (reused when its key matches)."""
-    from liverlab.data.manifest import build_manifest, manifest_hash, read_manifest
     from liverlab.data.cache import from_spacing
-    from liverlab.data.nifti import load_volume, save_volume
 
     ct_dir, out = Path(ct_dir), Path(out)
     tdata.require_dataset(ct_dir, "--data")
@@ -83,67 +82,87 @@ def synthesize(
     net, config = load_generator(checkpoint, dev)
     ckpt_sha = sha256_file(_state_file(checkpoint))
     key = synthesis_key(checkpoint, ct_dir, config, cases, ckpt_sha)
+    if reuse_or_check(out, key, "a synthetic dataset from another checkpoint or data; choose another --out"):
+        return out
+
+    slices = tdata.load(config, ct_dir, "ct", None, all_slices=True, cases=cases)
+    all_case_ids = np.asarray(list(slices.case_ids))
+    z_all = np.asarray(slices.slice_index)
+
+    def translate(case: str, vol: Any) -> np.ndarray:
+        idx = np.flatnonzero(all_case_ids == case)
+        idx = idx[np.argsort(z_all[idx])]
+        fake = _generate(net, np.asarray(slices.images[idx]), dev, config.precision, batch_size)
+        # Back onto the CT's own grid, so the CT affine and label apply unchanged.
+        # (With data.spacing_mm: un-crop / un-pad, then resample; outside the crop: -1, background.)
+        full = from_spacing(fake, vol.image.shape[:2], vol.spacing[:2], config.data.spacing_mm)
+        image = np.zeros(vol.image.shape, dtype=np.float32)
+        image[:, :, z_all[idx]] = np.moveaxis(full, 0, -1)
+        return image
+
+    return write_synthetic(
+        out, ct_dir, list(dict.fromkeys(slices.case_ids)), translate,
+        dataset={"name": f"synthetic MRI from {ct_dir.name}"},
+        provenance={"key": key, "checkpoint": str(checkpoint), "checkpoint_sha256": ckpt_sha, "config": dump_config(config)},
+        progress=progress,
+    )
+
+
+def reuse_or_check(out: Path, key: str, other: str) -> bool:
+    """True when ``out`` already holds the dataset of ``key``; an error when it holds anything else."""
     prov_path = out / PROVENANCE
     if prov_path.is_file():
         if json.loads(prov_path.read_text()).get("key") == key:
-            return out
-        raise LiverlabError(f"{out}: holds a synthetic dataset from another checkpoint or data; choose another --out")
+            return True
+        raise LiverlabError(f"{out}: holds {other}")
     if out.exists() and any(out.iterdir()):
         raise LiverlabError(f"{out}: exists and is not a liverlab synthetic dataset; choose another --out")
+    return False
 
-    slices = tdata.load(config, ct_dir, "ct", None, all_slices=True, cases=cases)
+
+def write_synthetic(
+    out: Path,
+    ct_dir: Path,
+    cases: list[str],
+    image_of: Callable[[str, Any], np.ndarray],
+    dataset: dict[str, Any],
+    provenance: dict[str, Any],
+    progress: bool = False,
+) -> Path:
+    """A synthetic MRI dataset in nnU-Net layout: ``image_of(case, ct_volume)`` on the CT grid, the CT label.
+
+    Shared by every synthesis arm (EssNet/CycleGAN generators, the intensity
+    control), so all write the same layout, manifest and provenance. Built in a
+    staging folder beside ``out`` (same file system) and renamed into place
+    when complete; ``provenance.json`` (with ``key``) is the completion marker.
+    """
+    from liverlab.data.manifest import build_manifest, manifest_hash, read_manifest
+    from liverlab.data.nifti import load_volume, save_volume
+
     manifest = read_manifest(ct_dir)
     rows = {r["case_id"]: r for r in manifest.iter_rows(named=True)}
-    case_ids = list(dict.fromkeys(slices.case_ids))
-    # Built in a staging folder beside `out` (same file system), renamed into place when complete.
     with staging_dir(out.parent, prefix=f".{out.name}.staging-") as tmp:
         (tmp / "imagesTr").mkdir()
         (tmp / "labelsTr").mkdir()
-        iterator: Any = case_ids
+        iterator: Any = cases
         if progress:
             from rich.progress import track
 
-            iterator = track(case_ids, description="synthesize")
-        all_case_ids = np.asarray(list(slices.case_ids))
-        z_all = np.asarray(slices.slice_index)
+            iterator = track(cases, description="synthesize")
         for case in iterator:
             row = rows[case]
             vol = load_volume(ct_dir / row["image_path"], ct_dir / row["label_path"])
-            idx = np.flatnonzero(all_case_ids == case)
-            idx = idx[np.argsort(z_all[idx])]
-            fake = _generate(net, np.asarray(slices.images[idx]), dev, config.precision, batch_size)
-            # Back onto the CT's own grid, so the CT affine and label apply unchanged.
-            x, y = vol.image.shape[:2]
-            # (With data.spacing_mm: un-crop / un-pad, then resample; outside the crop: -1, background.)
-            full = from_spacing(fake, (x, y), vol.spacing[:2], config.data.spacing_mm)
-            image = np.zeros(vol.image.shape, dtype=np.float32)
-            image[:, :, z_all[idx]] = np.moveaxis(full, 0, -1)
-            save_volume(tmp / "imagesTr" / f"{case}_0000.nii.gz", image, vol.affine)
+            save_volume(tmp / "imagesTr" / f"{case}_0000.nii.gz", image_of(case, vol), vol.affine)
             save_volume(tmp / "labelsTr" / f"{case}.nii.gz", vol.label.astype(np.uint8), vol.affine)
-        dataset = {
-            "name": f"synthetic MRI from {ct_dir.name}",
-            "channel_names": {"0": "MRI"},
-            "labels": {"background": 0, "liver": 1},
-            "numTraining": len(case_ids),
-            "file_ending": ".nii.gz",
-            "synthetic": True,
-        }
-        (tmp / "dataset.json").write_text(json.dumps(dataset, indent=2))
+        meta = {"channel_names": {"0": "MRI"}, "labels": {"background": 0, "liver": 1},
+                "numTraining": len(cases), "file_ending": ".nii.gz", "synthetic": True, **dataset}
+        (tmp / "dataset.json").write_text(json.dumps(meta, indent=2))
         build_manifest(tmp)
-        provenance = {
-            "key": key,
-            "checkpoint": str(checkpoint),
-            "checkpoint_sha256": ckpt_sha,
-            "source": str(ct_dir),
-            "source_manifest_hash": manifest_hash(manifest),
-            "cases": case_ids,
-            "config": dump_config(config),
-            "liverlab_version": __version__,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-        (tmp / PROVENANCE).write_text(json.dumps(provenance, indent=2))
+        prov = {**provenance, "source": str(ct_dir), "source_manifest_hash": manifest_hash(manifest), "cases": list(cases),
+                "liverlab_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        (tmp / PROVENANCE).write_text(json.dumps(prov, indent=2))
         if out.exists():
-            out.rmdir()  # empty (checked above)
+            out.rmdir()  # empty (checked by reuse_or_check)
         os.replace(tmp, out)
     return out
 
