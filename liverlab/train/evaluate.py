@@ -118,14 +118,9 @@ def _manifest_rows(data_dir: Path) -> dict[str, dict[str, Any]]:
 
 
 def slice_grid_spacing_mm(slice_set: Any, default: float | None = None) -> float | None:
-    """The ``spacing_mm`` a cached slice set was built with (its ``meta.json``); ``default`` for in-memory sets."""
-    import json
-
-    from liverlab.data.cache import META
-
-    path = getattr(slice_set, "path", None)
-    if path is not None and (Path(path) / META).is_file():
-        mm = json.loads((Path(path) / META).read_text()).get("settings", {}).get("spacing_mm")
+    """The ``spacing_mm`` a cached slice set was built with (read from its ``meta.json`` on load); ``default`` for in-memory sets."""
+    if getattr(slice_set, "path", None) is not None:
+        mm = getattr(slice_set, "spacing_mm", None)
         return None if mm is None else float(mm)
     return default
 
