@@ -1,8 +1,11 @@
 """Patient-level k-fold cross-validation of experiments/chaos_unet.yaml on the CHAOS MR sample.
 
-For every fold k (``data.split.fold = k``, 5 folds over the 5 shared CHAOS
-T2-SPIR patients): train the experiment's U-Net on the other patients
-(``unet.keep: last``, no validation patient), then score the fold's test
+The experiment trains one model on all five shared patients; this benchmark
+measures what its recipe scores on patients it has not seen. When the
+experiment sets no ``data.split.folds``, ``--k`` folds (default 5) with no
+validation patient are added. For every fold k (``data.split.fold = k``):
+train the experiment's U-Net on the other patients (``unet.keep: last``),
+then score the fold's test
 patient on its own original grid and spacing with the checkpoint, exactly as
 ``liverlab evaluate --checkpoint best.pt --data data/chaos/mri`` does
 (``liverlab.train.segment.segment_dataset``, post-processing included).
@@ -96,16 +99,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted override of the experiment")
     ap.add_argument("--json", help="results JSON (default OUT/results.json)")
     ap.add_argument("--threads", type=int, help="torch threads (default: torch's, one per core)")
+    ap.add_argument("--k", type=int, default=5,
+                    help="folds when the experiment sets no data.split.folds (it trains on every patient); default 5")
     args = ap.parse_args(argv)
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
 
+    first = load_config(args.experiment, args.set)
+    if first.data.split.folds is None:
+        # The experiment trains one model on every patient: cross-validate its recipe over args.k folds.
+        args.set = [*args.set, f"data.split.folds={args.k}", "data.split.val=0.0"]
     base = load_config(args.experiment, args.set)
-    if base.data.split.folds is None:
-        print(f"{args.experiment}: data.split.folds is not set: nothing to cross-validate", file=sys.stderr)
-        return 2
     if not (base.data.mri_dir / "dataset.json").is_file() and not base.data.import_:
         print(f"{base.data.mri_dir}: no dataset; import it first:\n  {IMPORT_HINT}", file=sys.stderr)
         return 2

@@ -55,6 +55,10 @@ class UNetModelConfig(_Strict):
     base_features: int = Field(32, ge=1, le=512)
     norm: Literal["batch", "instance", "none"] = "batch"
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    context_slices: int = Field(
+        0, ge=0, le=4,
+        description="2.5D: c slices above and below as extra input channels (in_channels = 2c + 1); 0 = plain 2D",
+    )
 
 
 class SegmenterConfig(_Strict):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from data_helpers import AFFINE, write_pair
 
-from liverlab.data.nifti import load_volume, orientation_codes, save_volume, spacing_from_affine
+from liverlab.data.nifti import load_volume, orientation_codes, save_like, save_volume, spacing_from_affine
 from liverlab.errors import LiverlabError
 
 
@@ -34,6 +34,26 @@ def test_reorients_to_ras(tmp_path: Path) -> None:
     # Voxel (0,0,0) of the file sits at world (10,20,30); find it in the canonical array.
     ijk = np.linalg.solve(vol.affine, [10, 20, 30, 1])[:3].round().astype(int)
     assert vol.image[tuple(ijk)] == data[0, 0, 0]
+
+
+@pytest.mark.parametrize("axes", [(-2.0, -3.0, 5.0), (2.0, 3.0, 5.0), (-2.0, 3.0, -5.0)])
+def test_save_like_writes_the_source_voxel_order_and_affine(tmp_path: Path, axes: tuple[float, float, float]) -> None:
+    """A mask computed on the canonical arrays comes back in the image file's own layout (as nnU-Net writes it)."""
+    data = np.arange(4 * 3 * 2, dtype=np.float32).reshape(4, 3, 2)
+    affine = np.diag([*axes, 1.0])
+    affine[:3, 3] = [10, 20, 30]
+    src = save_volume(tmp_path / "img.nii.gz", data, affine)
+    vol = load_volume(src)
+    mask = (vol.image % 3 == 0).astype(np.uint8)  # any function of the canonical voxels
+    out = save_like(tmp_path / "mask.nii.gz", mask, vol)
+    import nibabel as nib
+
+    written = nib.load(str(out))
+    assert np.allclose(written.affine, affine)
+    assert np.array_equal(np.asarray(written.dataobj), (data % 3 == 0).astype(np.uint8))  # voxel for voxel
+    assert np.array_equal(load_volume(out).image, mask)  # and canonical again on load
+    with pytest.raises(ValueError, match="shape"):
+        save_like(tmp_path / "bad.nii.gz", mask[:2], vol)
 
 
 def test_totalseg_volumes_share_canonical_orientation(shared_data: Path) -> None:

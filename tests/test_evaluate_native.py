@@ -21,7 +21,7 @@ from liverlab.train.segment import load_unet, segment_dataset
 from liverlab.train.unet import train_unet
 
 
-def _config(root: Path, **overrides: object):
+def _config(root: Path, context_slices: int = 0, **overrides: object):
     raw = read_yaml(TINY)
     raw["data"]["root"] = str(root)
     raw["data"].pop("phantom", None)
@@ -29,7 +29,7 @@ def _config(root: Path, **overrides: object):
     raw["data"]["size"] = 16
     # 30 steps at a high learning rate: a poor but non-empty prediction (test IoU ~0.46), so the
     # equalities below compare finite, non-trivial numbers.
-    raw["unet"] = {"model": {"depth": 2, "base_features": 4}, "iterations": 30, "val_every": 30, "batch_size": 4,
+    raw["unet"] = {"model": {"depth": 2, "base_features": 4, "context_slices": context_slices}, "iterations": 30, "val_every": 30, "batch_size": 4,
                    "optim": {"lr": 1e-2}}
     return config_from_dict(raw, dict(overrides), source=str(TINY))
 
@@ -51,11 +51,20 @@ def trained_bf16(phantom_root, tmp_path_factory):
     return config, work, metrics
 
 
+@pytest.fixture(scope="module")
+def trained_25d(phantom_root, tmp_path_factory):
+    """A 2.5D U-Net (one slice above and below as channels)."""
+    work = tmp_path_factory.mktemp("unet_native_25d")
+    config = _config(phantom_root, context_slices=1)
+    metrics = train_unet(config, ReportLog(), None, work)
+    return config, work, metrics
+
+
 def _by_case(rows: list[dict]) -> dict[str, dict]:
     return {r["case_id"]: r for r in rows}
 
 
-@pytest.mark.parametrize("run", ["trained", "trained_bf16"])
+@pytest.mark.parametrize("run", ["trained", "trained_bf16", "trained_25d"])
 def test_training_test_metrics_equal_evaluate_checkpoint_and_files(run, request, phantom_root, tmp_path, capsys):
     config, work, metrics = request.getfixturevalue(run)
     table = pl.read_parquet(work / "per_patient.parquet")

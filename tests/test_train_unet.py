@@ -209,3 +209,15 @@ def test_fold_is_a_sweep_arm_factor_and_max_t_counts_reports(phantom_root, tmp_p
     (tmp_path / "cv.yaml").write_text(yaml.safe_dump(space))
     with pytest.raises(LiverlabError, match="data.split.fold must be < data.split.folds"):
         load_space(tmp_path / "cv.yaml")
+
+
+def test_round_summary_shows_the_training_loss_without_validation_patients(capsys):
+    from liverlab.train.progress import EpochProgress
+
+    bar = EpochProgress("unet", 2, 10, enabled=True, unit="iteration")
+    bar.epoch_done(0, {"train/loss": 0.25, "train/lr": 0.001, "time/train_s": 3.0})
+    bar.epoch_done(1, {"train/loss": 0.2, "val/iou": 0.5})
+    bar.close()
+    out = capsys.readouterr().out
+    assert "unet iteration 10: train/loss=0.2500 train/lr=0.0010" in out
+    assert "unet iteration 20: val/iou=0.5000" in out and "train/loss=0.2000" not in out

@@ -93,9 +93,12 @@ def bias_field(
 
 
 def gaussian_blur(u: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of (n, 1, H, W) with ``sigma`` pixels (reflect padding)."""
+    """Separable Gaussian blur of (n, C, H, W) with ``sigma`` pixels (reflect padding), each channel alone."""
     if sigma <= 0:
         return u
+    if u.shape[1] != 1:
+        n, c, h, w = u.shape
+        return gaussian_blur(u.reshape(n * c, 1, h, w), sigma).reshape(n, c, h, w)
     radius = max(1, int(math.ceil(3.0 * sigma)))
     radius = min(radius, u.shape[-1] - 1, u.shape[-2] - 1)
     t = torch.arange(-radius, radius + 1, dtype=u.dtype)

@@ -34,17 +34,29 @@ def _mask(s: SliceSet, i: int) -> torch.Tensor:
 
 
 class SegmentationSlices(Dataset):
-    """Items ``{"image": (1, H, W) float, "mask": (H, W) long, "patient_id", "case_id"}``."""
+    """Items ``{"image": (1 + 2 * context, H, W) float, "mask": (H, W) long, "patient_id", "case_id"}``.
 
-    def __init__(self, slice_set: SliceSet, augment: AugmentFn | None = None) -> None:
+    With ``context`` c > 0 the image holds the slice's z-neighbours as channels
+    (``liverlab.data.context``), augmented together with one geometry and one
+    intensity draw; the mask is the centre slice's.
+    """
+
+    def __init__(self, slice_set: SliceSet, augment: AugmentFn | None = None, context: int = 0) -> None:
+        from liverlab.data.context import context_rows
+
         self.slices = slice_set
         self.augment = augment
+        self.rows = context_rows(slice_set.case_ids, slice_set.slice_index, context) if context > 0 else None
 
     def __len__(self) -> int:
         return len(self.slices)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        image, mask = _image(self.slices, i), _mask(self.slices, i)
+        if self.rows is None:
+            image = _image(self.slices, i)
+        else:
+            image = torch.from_numpy(np.stack([np.asarray(self.slices.images[j], dtype=np.float32) for j in self.rows[i]]))
+        mask = _mask(self.slices, i)
         if self.augment is not None:
             image, aug_mask = self.augment(image, mask)
             assert aug_mask is not None

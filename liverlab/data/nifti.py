@@ -193,3 +193,20 @@ def save_volume(path: str | Path, array: np.ndarray, affine: np.ndarray, dtype: 
     with atomic_path(final, suffix=suffix) as tmp:
         nib.save(img, str(tmp))
     return final
+
+
+def save_like(path: str | Path, array: np.ndarray, volume: Volume, dtype: np.dtype | str | None = None) -> Path:
+    """Write a canonical (RAS+) ``array`` in the array order and affine of ``volume``'s image file.
+
+    ``load_volume`` reorients everything to RAS+; a predicted mask written
+    back with this function has the same voxel order, shape and affine as the
+    image it was predicted from (as nnU-Net writes its predictions), so it can
+    be compared with the case's label array as stored, voxel by voxel.
+    """
+    source = _squeeze3d(_open(volume.image_path), volume.image_path)
+    arr = np.asarray(array)
+    if arr.shape != tuple(source.shape):
+        raise ValueError(f"save_like: array shape {arr.shape} differs from {volume.image_path} shape {tuple(source.shape)}")
+    ras = nib.orientations.io_orientation(np.asarray(volume.affine))
+    back = nib.orientations.ornt_transform(ras, nib.orientations.io_orientation(source.affine))
+    return save_volume(path, nib.orientations.apply_orientation(arr, back), source.affine, dtype)

@@ -142,12 +142,12 @@ def segmenter_from_config(
     )
 
 
-def unet_from_config(cfg: UNetModelConfig, in_channels: int = 1, out_channels: int = 2) -> nn.Module:
-    """The stage-2 U-Net from ``unet.model``."""
+def unet_from_config(cfg: UNetModelConfig, out_channels: int = 2) -> nn.Module:
+    """The stage-2 U-Net from ``unet.model``: ``2 * context_slices + 1`` input channels (one MRI slice and its neighbours)."""
     return build_model(
         "unet",
         spatial_dims=2,
-        in_channels=in_channels,
+        in_channels=2 * cfg.context_slices + 1,
         out_channels=out_channels,
         depth=cfg.depth,
         base_features=cfg.base_features,

@@ -44,13 +44,17 @@ DEFAULT_POSTPROCESS = PostprocessConfig()
 def predict_logits(
     model: torch.nn.Module, images: np.ndarray, device: torch.device, precision: str = "fp32", batch_size: int = 16
 ) -> Iterator[tuple[slice, torch.Tensor]]:
-    """``(rows, logits)`` per batch: float32 (B, C, H, W) logits of ``images[rows]`` (in [-1, 1]), model in eval mode."""
+    """``(rows, logits)`` per batch: float32 (B, K, H, W) logits of ``images[rows]`` (in [-1, 1]), model in eval mode.
+
+    ``images`` is (N, H, W) slices, or (N, C, H, W) model inputs (``model_inputs``, 2.5D context as channels).
+    """
     was_training = model.training
     model.eval()
     try:
         for i in range(0, len(images), batch_size):
             rows = slice(i, min(i + batch_size, len(images)))
-            x = torch.from_numpy(np.array(images[rows], dtype=np.float32))[:, None].to(device)
+            x = torch.from_numpy(np.array(images[rows], dtype=np.float32))
+            x = (x[:, None] if x.ndim == 3 else x).to(device)
             with common.autocast(device, precision):
                 logits = model(x)
             yield rows, logits.float()
@@ -61,11 +65,26 @@ def predict_logits(
 def predict_slices(
     model: torch.nn.Module, images: np.ndarray, device: torch.device, precision: str = "fp32", batch_size: int = 16
 ) -> np.ndarray:
-    """Argmax masks (N, H, W) uint8 for images (N, H, W) in [-1, 1], on the images' own grid."""
-    out = np.empty(images.shape, dtype=np.uint8)
+    """Argmax masks (N, H, W) uint8 for images (N, H, W) or inputs (N, C, H, W) in [-1, 1], on their own grid."""
+    out = np.empty((images.shape[0], *images.shape[-2:]), dtype=np.uint8)
     for rows, logits in predict_logits(model, images, device, precision, batch_size):
         out[rows] = logits.argmax(1).cpu().numpy().astype(np.uint8)
     return out
+
+
+def model_inputs(model: torch.nn.Module, slice_set: Any, rows: np.ndarray | None = None) -> np.ndarray:
+    """What ``model`` takes for ``rows`` of ``slice_set`` (all when None).
+
+    The slices themselves (N, H, W) for a 2D model; for a 2.5D model
+    (``unet.model.context_slices``), each slice with its z-neighbours as
+    channels (N, 2c+1, H, W), by the rule training used (``liverlab.data.context``).
+    """
+    from liverlab.data.context import context_images, context_of
+
+    c = context_of(model)
+    if c == 0:
+        return np.asarray(slice_set.images if rows is None else slice_set.images[np.asarray(rows)])
+    return context_images(slice_set, c, rows)
 
 
 def group_by_case(slice_set: Any, arrays: np.ndarray) -> dict[str, np.ndarray]:
@@ -179,7 +198,7 @@ def native_predictions(
                 "native-grid evaluation needs every slice (load with all_slices=True)"
             )
         pred = np.zeros(vol.shape, dtype=np.uint8)
-        images = np.asarray(slice_set.images[idx])
+        images = model_inputs(model, slice_set, idx)
         for part, logits in predict_logits(model, images, device, precision, batch_size):
             probs = torch.softmax(logits, dim=1).cpu().numpy()
             native = to_native(probs, vol.shape[:2], vol.spacing[:2], mm)
@@ -200,11 +219,11 @@ def native_case_metrics(
     """Test metrics on each case's own grid and spacing (see ``native_predictions``), one row per case.
 
     With ``out``, the post-processed masks are also written there as
-    ``<case>.nii.gz`` with the image's affine. They are staged in a hidden
+    ``<case>.nii.gz`` in the image file's own voxel order and affine. They are staged in a hidden
     folder and moved into ``out`` only once every case has succeeded, so a
     failed run leaves no partial set of masks.
     """
-    from liverlab.data.nifti import save_volume
+    from liverlab.data.nifti import save_like
 
     if out is None:
         return [
@@ -216,7 +235,7 @@ def native_case_metrics(
     results = []
     with staging_dir(out) as stage:
         for case, patient, pred, vol in native_predictions(model, slice_set, data_dir, device, precision, postprocess):
-            save_volume(stage / f"{case}.nii.gz", pred, vol.affine)
+            save_like(stage / f"{case}.nii.gz", pred, vol)  # the image file's own voxel order and affine
             results.append(_row(case, patient, pred, vol.label, vol.spacing, which))
         for r in results:
             os.replace(stage / f"{r['case_id']}.nii.gz", out / f"{r['case_id']}.nii.gz")

@@ -40,7 +40,10 @@ class EpochProgress:
 
     def epoch_done(self, epoch: int, metrics: dict[str, Any]) -> None:
         if self.enabled:
+            # Validation metrics when there are any; otherwise (no validation patients) the training loss.
             shown = {k: v for k, v in metrics.items() if k.startswith("val/")}
+            if not shown:
+                shown = {k: v for k, v in metrics.items() if k in ("train/loss", "train/lr")}
             text = " ".join(f"{k}={v:.4f}" for k, v in shown.items())
             self.progress.console.print(f"{self.stage} {self._where(epoch, self.steps)}: {text}")
 

@@ -44,11 +44,15 @@ def judge_iterations(config: ExperimentConfig) -> int:
 
 
 def judge_config(config: ExperimentConfig) -> ExperimentConfig:
-    """The experiment as a real-only U-Net run of ``judge_iterations`` steps, seed 0."""
+    """The experiment as a real-only U-Net run of ``judge_iterations`` steps, seed 0.
+
+    Always a 2D model (``context_slices`` 0): it judges single synthetic slices, which have no z-neighbours.
+    """
     u = config.unet
     iterations = max(1, judge_iterations(config))
     unet = u.model_copy(update={
         "iterations": iterations, "val_every": min(u.val_every, iterations), "mixing_ratio": 0.0, "synthetic": None,
+        "model": u.model.model_copy(update={"context_slices": 0}),
     })
     return config.model_copy(update={"stage": "unet", "synthesis": "none", "seed": 0, "unet": unet})
 
@@ -131,6 +135,6 @@ def reference_segmenter(config: ExperimentConfig, device: torch.device) -> torch
     folder = ensure_judge(config)
     if folder is None:
         return None
-    model = build_unet(config)
+    model = build_unet(judge_config(config))
     model.load_state_dict(common.load_checkpoint(folder / WEIGHTS)["model"])
     return model.to(device).eval()

@@ -77,14 +77,15 @@ class UNetData:
             )
         self.test = self._split(config, "test")
         augment = Augment.from_config(u.augment, seed=config.seed)
-        real = SegmentationSlices(self.train, augment=augment)
+        context = u.model.context_slices
+        real = SegmentationSlices(self.train, augment=augment, context=context)
         self.n_real, self.n_synth = len(real), 0
         parts: list[Any] = [real]
         if u.mixing_ratio > 0:
             if u.synthetic is None:
                 raise LiverlabError("unet.mixing_ratio > 0 needs unet.synthetic (a folder of synthetic MRI)")
             synth_dir = tdata.require_dataset(Path(u.synthetic), "unet.synthetic")
-            synth = SegmentationSlices(tdata.load(config, synth_dir, "mri", None), augment=augment)
+            synth = SegmentationSlices(tdata.load(config, synth_dir, "mri", None), augment=augment, context=context)
             self.n_synth = len(synth)
             parts.append(synth)
         self.dataset = torch.utils.data.ConcatDataset(parts)
@@ -120,7 +121,7 @@ def _validate(
     postprocess: Any = ev.DEFAULT_POSTPROCESS,
 ) -> tuple[list, dict]:
     """Training-grid metrics (``val/*``); test metrics are on the native grid (``ev.native_case_metrics``)."""
-    preds = ev.predict_slices(model, slices.images, device, precision)
+    preds = ev.predict_slices(model, ev.model_inputs(model, slices), device, precision)
     which = ("iou", "dice") if split == "val" else ev.METRICS
     rows = ev.case_metrics(slices, preds, which, postprocess)
     return rows, ev.mean_metrics(rows, split, which)
@@ -264,6 +265,6 @@ def _panel(model: torch.nn.Module, slices: Any, device: torch.device, precision:
         return
     idx = liver[tdata.evenly(len(liver), 4)]
     images = np.asarray(slices.images[idx])
-    preds = ev.predict_slices(model, images, device, precision)
+    preds = ev.predict_slices(model, ev.model_inputs(model, slices, idx), device, precision)
     png = segmentation_panel(images, masks[idx], preds, workdir / "panels" / "unet_test.png")
     tracker.log_artifact(png, "panels")
