@@ -51,11 +51,16 @@ def context_rows(case_ids: Any, slice_index: Any, context: int) -> np.ndarray:
 
 
 def context_images(slice_set: Any, context: int, rows: np.ndarray | None = None) -> np.ndarray:
-    """(N, 2c+1, H, W) float32 inputs for ``rows`` of ``slice_set`` (all rows when None)."""
-    table = context_rows(slice_set.case_ids, slice_set.slice_index, context)
-    pick = table if rows is None else table[np.asarray(rows)]
-    images = slice_set.images
-    return np.stack([np.asarray(images[pick[:, j]], dtype=np.float32) for j in range(pick.shape[1])], axis=1)
+    """(N, 2c+1, H, W) float32 inputs for ``rows`` of ``slice_set`` (all rows when None).
+
+    The neighbour table is built only over the cases ``rows`` belong to, so
+    predicting a set one case at a time stays linear in its slices.
+    """
+    cases = np.asarray(list(slice_set.case_ids))
+    rows = np.arange(len(cases)) if rows is None else np.asarray(rows)
+    scope = np.flatnonzero(np.isin(cases, np.unique(cases[rows])))  # every slice of those cases, ascending
+    table = scope[context_rows(cases[scope], np.asarray(slice_set.slice_index)[scope], context)]
+    return np.asarray(slice_set.images[table[np.searchsorted(scope, rows)]], dtype=np.float32)
 
 
 def context_of(model: Any) -> int:

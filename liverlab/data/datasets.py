@@ -55,7 +55,7 @@ class SegmentationSlices(Dataset):
         if self.rows is None:
             image = _image(self.slices, i)
         else:
-            image = torch.from_numpy(np.stack([np.asarray(self.slices.images[j], dtype=np.float32) for j in self.rows[i]]))
+            image = torch.from_numpy(np.asarray(self.slices.images[self.rows[i]], dtype=np.float32))
         mask = _mask(self.slices, i)
         if self.augment is not None:
             image, aug_mask = self.augment(image, mask)
