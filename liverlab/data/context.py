@@ -9,8 +9,7 @@ the middle channel), and it still predicts the centre slice's mask.
 Neighbours never cross cases. A neighbour that does not exist (beyond the
 first or last slice, or a liver-free slice dropped by
 ``empty_slice_fraction`` < 1) is replaced by the nearest slice towards the
-centre that does, so the edge slice is repeated, as nnU-Net's and MONAI's
-"edge" padding does. The model's ``in_channels`` is ``2c + 1``; the same
+centre that does, so the edge slice is repeated ("edge" padding). The model's ``in_channels`` is ``2c + 1``; the same
 neighbour rule is used in training, validation, testing and
 ``liverlab evaluate``.
 """
