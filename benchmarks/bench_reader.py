@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"RESULT: {args.runs} runs read + aggregated in {best:.2f} s (best of {args.repeat}); "
               f"{'PASS' if best < 10 else 'FAIL'} (< 10 s)")
         if args.compare_client:
-            from liverlab.tracking.writer import client_for
+            from liverlab.tracking.client import client_for
 
             t0 = time.perf_counter()
             client = client_for(uri)

@@ -120,7 +120,7 @@ def trial_span(sweep_dir: Path) -> float:
     """Seconds from the first trial's start to the last trial's end, from the sweep's MLflow child runs."""
     import json
 
-    from liverlab.tracking.writer import client_for
+    from liverlab.tracking.client import client_for
 
     info = json.loads((sweep_dir / "liverlab_sweep.json").read_text())
     runs = client_for(info["tracking_uri"]).search_runs(

@@ -122,7 +122,7 @@ def fresh_uri(root: Path) -> str:
     """
     template = _session_dir() / "empty.db"
     if not template.exists():
-        from liverlab.tracking.writer import client_for
+        from liverlab.tracking.client import client_for
 
         client_for(f"sqlite:///{template}").search_experiments()
     root.mkdir(parents=True, exist_ok=True)

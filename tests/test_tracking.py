@@ -16,6 +16,7 @@ from report_fixtures import fresh_uri, known_store, patient_iou
 
 from liverlab.config import config_from_dict, flatten
 from liverlab.errors import LiverlabError
+from liverlab.tracking.client import client_for, resolve_tracking_uri, retry_locked
 from liverlab.tracking.reader import (
     list_artifacts,
     read_histories,
@@ -27,14 +28,11 @@ from liverlab.tracking.writer import (
     MlflowTracker,
     NullTracker,
     Tracker,
-    client_for,
     finish_sweep_run,
     git_tags,
     open_run,
     open_sweep_run,
     open_trial_run,
-    resolve_tracking_uri,
-    retry_locked,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -193,9 +191,9 @@ class _CountingClient:
         self.client = client
         self.batches: list[int] = []
 
-    def log_batch(self, run_id: str, metrics: Any = (), params: Any = (), tags: Any = ()) -> None:
+    def log_batch(self, run_id: str, metrics: Any = (), params: Any = (), tags: Any = (), **kw: Any) -> None:
         self.batches.append(len(metrics))
-        self.client.log_batch(run_id, metrics=metrics, params=params, tags=tags)
+        self.client.log_batch(run_id, metrics=metrics, params=params, tags=tags, **kw)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.client, name)

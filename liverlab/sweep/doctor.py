@@ -228,7 +228,7 @@ def cluster_checks(address: str | None = None) -> list[Check]:
 
 def _tracking_target(uri: str, probe_token: str) -> tuple[dict[str, Any], Path | None]:
     """How each node checks ``uri``; for folder stores, the token file the driver writes."""
-    from liverlab.tracking.writer import sqlite_path
+    from liverlab.tracking.client import sqlite_path
 
     parsed = urlparse(uri)
     scheme = parsed.scheme.split("+")[0]

@@ -141,7 +141,8 @@ def _storage_root(opts: SweepOptions) -> str:
 
 def run_sweep(opts: SweepOptions) -> int:
     """Run (or resume) a sweep; exit code 0, or 1 when every trial failed."""
-    from liverlab.tracking.writer import finish_sweep_run, git_tags, open_sweep_run, resolve_tracking_uri
+    from liverlab.tracking.client import resolve_tracking_uri
+    from liverlab.tracking.writer import finish_sweep_run, git_tags, open_sweep_run
 
     loaded = _apply_cli(load_space(opts.space, opts.set), opts)
     if opts.dry_run:

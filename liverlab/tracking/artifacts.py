@@ -13,7 +13,7 @@ from urllib.parse import unquote, urlparse
 
 import polars as pl
 
-from liverlab.tracking.writer import client_for, retry_locked
+from liverlab.tracking.client import client_for, retry_locked
 
 
 def local_dir(artifact_uri: str | None) -> Path | None:

@@ -3,11 +3,11 @@
 Two paths, same columns:
 
 * **SQL** (``sqlite:``, ``postgresql:``, ``mysql:`` URIs): set-based queries
-  on the store's tables (:mod:`liverlab.tracking.sqlstore`); 10,000 runs in
+  on the store's tables (:mod:`liverlab.tracking.read_sql`); 10,000 runs in
   1.5-3 s on 2 cores (see ``benchmarks/bench_reader.py``).
 * **client** (``http(s)://`` tracking servers, anything else): paged
   ``MlflowClient.search_runs`` plus ``get_metric_history`` (in a thread pool)
-  for the best values.
+  for the best values (:mod:`liverlab.tracking.read_client`).
 
 Columns of :func:`read_runs`:
 
@@ -37,11 +37,11 @@ from typing import Any
 import polars as pl
 
 from liverlab.errors import LiverlabError
-from liverlab.tracking import sqlstore
+from liverlab.tracking import read_sql
 from liverlab.tracking.artifacts import download_artifact, list_artifacts, local_dir
-from liverlab.tracking.clientstore import client_history, client_long, search_all
+from liverlab.tracking.client import client_for, retry_locked
 from liverlab.tracking.columns import HIGHER_IS_BETTER, assemble, config_param_types, higher_is_better, restore_inf
-from liverlab.tracking.writer import client_for, retry_locked
+from liverlab.tracking.read_client import client_history, client_long, search_all
 
 __all__ = [
     "HIGHER_IS_BETTER",
@@ -67,13 +67,13 @@ PER_PATIENT_FILE = "per_patient.parquet"
 def _use_sql(uri: str, backend: str) -> bool:
     if backend not in ("auto", "sql", "client"):
         raise ValueError(f"backend must be auto, sql or client, got {backend!r}")
-    return backend == "sql" or (backend == "auto" and sqlstore.is_sql_uri(uri))
+    return backend == "sql" or (backend == "auto" and read_sql.is_sql_uri(uri))
 
 
 def list_experiments(uri: str) -> pl.DataFrame:
     """experiment_id, name, lifecycle_stage of every experiment in the store."""
-    if sqlstore.is_sql_uri(uri):
-        return sqlstore.experiments(uri)
+    if read_sql.is_sql_uri(uri):
+        return read_sql.experiments(uri)
     from mlflow.entities import ViewType
 
     exps = retry_locked(client_for(uri).search_experiments, view_type=ViewType.ALL)
@@ -113,11 +113,11 @@ def read_runs(
     """
     exp_ids = [resolve_experiment(uri, experiment)] if experiment is not None else []
     if _use_sql(uri, backend):
-        if parent_run_id and not sqlstore.run_exists(uri, parent_run_id):
+        if parent_run_id and not read_sql.run_exists(uri, parent_run_id):
             raise LiverlabError(f"no run {parent_run_id} in {uri}")
         try:
-            parts = sqlstore.read_long(uri, exp_ids, parent_run_id)
-        except sqlstore.SchemaMismatch as exc:
+            parts = read_sql.read_long(uri, exp_ids, parent_run_id)
+        except read_sql.SchemaMismatch as exc:
             if backend == "sql":
                 raise LiverlabError(f"{uri} is not an MLflow tracking store: {exc}") from None
             parts = None
@@ -146,7 +146,7 @@ def read_histories(
     """Long metric histories: run_id, key, step, value (sorted; a step logged twice keeps the latest)."""
     ids = runs["run_id"].to_list() if runs.height else []
     if _use_sql(uri, backend):
-        hist = sqlstore.read_history(uri, ids, keys)
+        hist = read_sql.read_history(uri, ids, keys)
     else:
         metric_keys = keys or sorted({c[len("metric.") :] for c in runs.columns if c.startswith("metric.")})
         cols = [pl.col(f"metric.{k}").is_not_null().alias(k) for k in metric_keys if f"metric.{k}" in runs.columns]
@@ -215,8 +215,8 @@ def read_per_patient(uri: str, runs: pl.DataFrame) -> pl.DataFrame:
 
 def read_run_tags(uri: str, run_id: str) -> dict[str, str]:
     """All tags of one run (e.g. the sweep's parent); LiverlabError when the run is unknown."""
-    if sqlstore.is_sql_uri(uri):
-        rows = sqlstore.run_tags(uri, run_id)
+    if read_sql.is_sql_uri(uri):
+        rows = read_sql.run_tags(uri, run_id)
         if rows is not None:
             return rows
         raise LiverlabError(f"no run {run_id} in {uri}")

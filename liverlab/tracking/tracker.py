@@ -7,6 +7,32 @@ or HTTP. Every store call goes through :func:`retry_locked`, because several
 Ray workers share one SQLite file and SQLite answers "database is locked"
 under contention.
 
+What is MLflow's and what is liverlab's:
+
+* ``MlflowClient.log_batch`` splits a request into MLflow's chunks (100
+  params or tags, 1,000 metrics); the limits used here are imported from
+  ``mlflow.utils.validation``, never copied.
+* Over-long param and tag values are cut *here*, to MLflow's limits, as the
+  first ``limit - 3`` characters plus ``...``. MLflow would cut them in the
+  store (``value[:limit]``, no mark in the stored value), and only while
+  ``MLFLOW_TRUNCATE_LONG_VALUES`` is on in the process running the store (the
+  server, for http URIs); otherwise it rejects the whole batch. Cutting first
+  also gives the stored form a resumed run compares its params against. Keys are checked with MLflow's own rules
+  in the caller's thread, so a bad key fails there instead of poisoning a
+  background batch.
+* A failed send is retried, never dropped: the values go back in front of the
+  buffer. A batch MLflow had partly stored before failing is sent whole
+  again; the store keeps one row per (key, timestamp, step, value), so the
+  repeat adds nothing.
+
+**No metric step twice in a run.** A trial run reopened by
+:func:`liverlab.tracking.writer.open_trial_run` passes ``last_steps``: per
+key, the highest step the run already held. ``log_metrics`` drops a point
+whose step is at or below that key's step (the floor is fixed when the run is
+reopened; points logged by this tracker are never dropped). A trial restored
+from a checkpoint older than its last report reruns those steps; a reader
+sees the value first logged at each step, then the rerun's values beyond it.
+
 Re-exported by :mod:`liverlab.tracking.writer`, which builds the trackers.
 """
 
@@ -14,31 +40,20 @@ from __future__ import annotations
 
 import atexit
 import logging
-import random
-import re
 import threading
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from liverlab.config import flatten
+from liverlab.tracking.client import retry_locked
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from mlflow.tracking import MlflowClient
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
-
-# MLflow's own limits (mlflow.utils.validation); repeated here so that we can
-# truncate *before* the store rejects a whole batch for one long value.
-MAX_PARAM_VAL_LENGTH = 6000
-MAX_TAG_VAL_LENGTH = 8000
-MAX_KEY_LENGTH = 250
-MAX_METRICS_PER_BATCH = 1000
-MAX_PARAMS_TAGS_PER_BATCH = 100
 
 FLUSH_INTERVAL_S = 1.0
 FLUSH_THRESHOLD = 500
@@ -46,44 +61,30 @@ TERMINAL_STATUSES = ("FINISHED", "FAILED", "KILLED")
 ERROR_TAG = "liverlab.error"
 ATTEMPT_TAG = "liverlab.attempt"  # which attempt of a trial owns its run
 
-# Keys MLflow accepts: alphanumerics, underscores, dashes, periods, spaces,
-# colons and slashes. Checked in the caller's thread so a bad key fails loudly
-# there instead of poisoning a background batch.
-_KEY_RE = re.compile(r"^[\w\-. :/]+$")
-
 
 # ----------------------------------------------------------------------------- helpers
 
 
-def _is_locked_error(exc: BaseException) -> bool:
-    """SQLite contention shows up as OperationalError or MlflowException text."""
-    return "locked" in str(exc).lower() or "busy" in type(exc).__name__.lower()
-
-
-def retry_locked(fn: Callable[..., T], *args: Any, attempts: int = 10, **kwargs: Any) -> T:
-    """Call ``fn``; on "database is locked" wait (0.05 s doubling, jittered, <= 2 s) and retry."""
-    delay = 0.05
-    for attempt in range(attempts):
-        try:
-            return fn(*args, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - re-raised unless it is contention
-            if attempt == attempts - 1 or not _is_locked_error(exc):
-                raise
-            time.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2.0, 2.0)
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
 def _truncate(value: Any, limit: int) -> str:
+    """``str(value)``; when longer than ``limit``, its first ``limit - 3`` characters and ``...``."""
     text = str(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _check_key(key: str) -> str:
-    if not isinstance(key, str) or len(key) > MAX_KEY_LENGTH or not _KEY_RE.match(key):
+    """``key`` if MLflow accepts it as a metric, param or tag name, else ValueError."""
+    from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, path_not_unique, validate_param_and_metric_name
+
+    if (
+        not isinstance(key, str)
+        or not key
+        or len(key) > MAX_ENTITY_KEY_LENGTH
+        or not validate_param_and_metric_name(key)
+        or path_not_unique(key)
+    ):
         raise ValueError(
             f"invalid MLflow key {key!r}: use letters, digits, '_', '-', '.', ' ', ':', '/' "
-            f"(at most {MAX_KEY_LENGTH} characters)"
+            f"(at most {MAX_ENTITY_KEY_LENGTH} characters, a relative path without '//', '.' or '..')"
         )
     return key
 
@@ -150,7 +151,7 @@ class MlflowTracker:
     ``log_metrics`` appends ``(key, value, timestamp, step)`` tuples to a list
     under a lock and returns (microseconds). A daemon thread wakes every
     ``flush_interval`` seconds, or as soon as ``flush_threshold`` values are
-    waiting, and sends them with ``log_batch`` (<= 1000 per request). A failed
+    waiting, and sends them with ``log_batch`` (MLflow splits it). A failed
     send puts the values back in front of the buffer and is retried on the
     next wake-up, so a short store outage loses nothing; ``flush()`` and
     ``finish()`` send synchronously and raise if the store stays unreachable.
@@ -162,6 +163,7 @@ class MlflowTracker:
         run_id: str,
         *,
         existing_params: Mapping[str, str] | None = None,
+        last_steps: Mapping[str, int] | None = None,
         attempt: str | None = None,
         flush_interval: float = FLUSH_INTERVAL_S,
         flush_threshold: int = FLUSH_THRESHOLD,
@@ -177,6 +179,10 @@ class MlflowTracker:
         self._threshold = flush_threshold
         self._interval = flush_interval
         self._known_keys: set[str] = set()
+        # Per key, the last step the run held when it was reopened: steps at or below it
+        # are not logged again (module docstring).
+        self._floor: dict[str, int] = dict(last_steps or {})
+        self._skipped = 0
         self._finished = False
         self._warned = False
         # Set by open_trial_run: the run belongs to the newest attempt of its trial. A stale
@@ -216,22 +222,21 @@ class MlflowTracker:
         skipped; a *different* value for an existing key cannot be stored, so
         it is skipped with a warning instead of failing the trial.
         """
+        from mlflow.entities import Param
+        from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
+
         self._check_open()
-        flat = flatten(dict(params))
         new: dict[str, str] = {}
-        for key, value in flat.items():
+        for key, value in flatten(dict(params)).items():
             text = _truncate(value, MAX_PARAM_VAL_LENGTH)
             old = self._params.get(_check_key(key))
             if old is None:
                 new[key] = text
             elif old != text:
                 log.warning("run %s: param %s already %r, not changed to %r", self.run_id, key, old, text)
-        from mlflow.entities import Param
-
-        items = list(new.items())
-        for i in range(0, len(items), MAX_PARAMS_TAGS_PER_BATCH):
-            chunk = [Param(k, v) for k, v in items[i : i + MAX_PARAMS_TAGS_PER_BATCH]]
-            retry_locked(self.client.log_batch, self.run_id, params=chunk)
+        if new:  # MLflow splits the request into batches of its own size
+            batch = [Param(k, v) for k, v in new.items()]
+            retry_locked(self.client.log_batch, self.run_id, params=batch, synchronous=True)
         self._params.update(new)
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
@@ -240,21 +245,40 @@ class MlflowTracker:
         set_run_tags(self.client, self.run_id, tags)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        """Buffer metric values for ``step``; None values are skipped. Never blocks on the store."""
+        """Buffer metric values for ``step``; None values are skipped. Never blocks on the store.
+
+        On a reopened run, a key's value at a step the run already had is skipped too (module docstring).
+        """
         self._check_open()
         now = int(time.time() * 1000)
+        step = int(step)
         rows: list[tuple[str, float, int, int]] = []
         for key, value in metrics.items():
             if value is None:
                 continue
             if key not in self._known_keys:
                 self._known_keys.add(_check_key(key))
-            rows.append((key, float(value), now, int(step)))
+            if self._floor and step <= self._floor.get(key, step - 1):
+                self._note_skipped(key, step)
+                continue
+            rows.append((key, float(value), now, step))
         with self._lock:
             self._buffer.extend(rows)
             size = len(self._buffer)
         if size >= self._threshold:
             self._wake.set()
+
+    def _note_skipped(self, key: str, step: int) -> None:
+        """Count a point the run already had; say so once per tracker."""
+        if not self._skipped:
+            log.info("run %s already has %s at step %d from an earlier attempt; points at steps it has "
+                     "are not logged again", self.run_id, key, step)
+        self._skipped += 1
+
+    @property
+    def skipped(self) -> int:
+        """Metric values dropped because the reopened run already had their step."""
+        return self._skipped
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         """Copy a local file (or folder) into the run's artifacts."""
@@ -291,17 +315,17 @@ class MlflowTracker:
         with self._send_lock:
             with self._lock:
                 rows, self._buffer = self._buffer, []
-            if rows and self.superseded():
-                return  # the newer attempt logs these epochs itself
-            sent = 0
+            if not rows or self.superseded():
+                return  # nothing to send, or the newer attempt logs these epochs itself
             try:
-                for i in range(0, len(rows), MAX_METRICS_PER_BATCH):
-                    chunk = [Metric(k, v, ts, s) for k, v, ts, s in rows[i : i + MAX_METRICS_PER_BATCH]]
-                    retry_locked(self.client.log_batch, self.run_id, metrics=chunk)
-                    sent = i + len(chunk)
+                # MLflow splits this into requests of MAX_METRICS_PER_BATCH (1,000) values.
+                batch = [Metric(k, v, ts, s) for k, v, ts, s in rows]
+                retry_locked(self.client.log_batch, self.run_id, metrics=batch, synchronous=True)
             except BaseException:
+                # All of it goes back: chunks MLflow had already stored are stored once more
+                # as the same rows, which the store keeps once (module docstring).
                 with self._lock:
-                    self._buffer[:0] = rows[sent:]
+                    self._buffer[:0] = rows
                 raise
 
     def _loop(self) -> None:
@@ -346,10 +370,10 @@ class MlflowTracker:
 
 
 def set_run_tags(client: MlflowClient, run_id: str, tags: Mapping[str, Any]) -> None:
-    """Set tags through ``log_batch`` (100 per request), values truncated."""
+    """Set tags through ``log_batch`` (MLflow splits it into its batches), values truncated."""
     from mlflow.entities import RunTag
+    from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 
-    items = [(_check_key(k), _truncate(v, MAX_TAG_VAL_LENGTH)) for k, v in tags.items()]
-    for i in range(0, len(items), MAX_PARAMS_TAGS_PER_BATCH):
-        chunk = [RunTag(k, v) for k, v in items[i : i + MAX_PARAMS_TAGS_PER_BATCH]]
-        retry_locked(client.log_batch, run_id, tags=chunk)
+    batch = [RunTag(_check_key(k), _truncate(v, MAX_TAG_VAL_LENGTH)) for k, v in tags.items()]
+    if batch:
+        retry_locked(client.log_batch, run_id, tags=batch, synchronous=True)

@@ -1,4 +1,4 @@
-"""MLflow writer: one sweep = one experiment + a parent run, one trial = a child run.
+"""Opening and ending MLflow runs: one sweep = one experiment + a parent run, one trial = a child run.
 
 Why this module exists rather than MLflow's fluent API:
 
@@ -10,28 +10,31 @@ Why this module exists rather than MLflow's fluent API:
   a second run per resumed trial and leaves the first RUNNING). Parent and
   child runs are therefore found again by tags (``liverlab.sweep_key``,
   ``liverlab.trial_id``) before anything is created.
+* A reopened trial run learns, per metric key, the last step it already holds;
+  its tracker does not log those steps again (rule in :mod:`liverlab.tracking.tracker`).
 * Training loops log every loss every step. ``log_metrics`` only appends to a
   buffer; a background thread sends ``log_batch`` requests (one per ~1 s or
   500 values), so the training step never waits on SQLite or HTTP.
 * Several Ray workers write to one SQLite file; SQLite serialises writers and
   answers "database is locked" under contention. Every store call goes
-  through :func:`retry_locked` (exponential backoff with jitter).
+  through :func:`liverlab.tracking.client.retry_locked` (exponential backoff with jitter).
 
-This package is the only place in liverlab that imports mlflow, and it does
-so lazily (inside functions) so that ``liverlab --help`` stays instant.
+The store's URI and client come from :mod:`liverlab.tracking.client`. This
+package is the only place in liverlab that imports mlflow, and it does so
+lazily (inside functions) so that ``liverlab --help`` stays instant.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import re
 import subprocess
-import threading
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from liverlab.tracking.client import client_for, retry_locked, sqlite_path
 
 # The tracker objects live in tracker.py (size); they are part of this module's API.
 from liverlab.tracking.tracker import (
@@ -41,7 +44,6 @@ from liverlab.tracking.tracker import (
     MlflowTracker,
     NullTracker,
     Tracker,
-    retry_locked,
     set_run_tags,
 )
 
@@ -54,7 +56,6 @@ __all__ = [
     "NullTracker",
     "TERMINAL_STATUSES",
     "Tracker",
-    "client_for",
     "finish_sweep_run",
     "get_or_create_experiment",
     "git_tags",
@@ -62,61 +63,12 @@ __all__ = [
     "open_run",
     "open_sweep_run",
     "open_trial_run",
-    "resolve_tracking_uri",
-    "retry_locked",
     "set_run_tags",
-    "sqlite_path",
 ]
 
 log = logging.getLogger(__name__)
 
-# ----------------------------------------------------------------------------- store helpers
-
-
-_CLIENTS: dict[str, MlflowClient] = {}
-_CLIENTS_LOCK = threading.Lock()
-
-
-def client_for(uri: str) -> MlflowClient:
-    """One ``MlflowClient`` per URI and process (store engines are costly to build)."""
-    with _CLIENTS_LOCK:
-        client = _CLIENTS.get(uri)
-        if client is None:
-            from mlflow.tracking import MlflowClient
-
-            _ensure_sqlite_dir(uri)
-            client = _CLIENTS[uri] = MlflowClient(tracking_uri=uri)
-        return client
-
-
-def sqlite_path(uri: str) -> Path | None:
-    """The database file of a ``sqlite:///`` URI, else None."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    rest = uri[len("sqlite:///") :].split("?", 1)[0]
-    return Path(rest) if rest.startswith("/") else Path(rest).resolve()
-
-
-def _ensure_sqlite_dir(uri: str) -> None:
-    path = sqlite_path(uri)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-
-
-def resolve_tracking_uri(uri: str | None, default_dir: str | Path) -> str:
-    """Explicit URI > ``$MLFLOW_TRACKING_URI`` > ``sqlite:///<abs default_dir>/mlflow.db``.
-
-    Relative SQLite paths are made absolute here, once, because a Ray trial
-    runs in Ray's own working directory and would otherwise open another file.
-    """
-    chosen = uri or os.environ.get("MLFLOW_TRACKING_URI") or ""
-    if not chosen:
-        return f"sqlite:///{(Path(default_dir).expanduser().resolve() / 'mlflow.db').as_posix()}"
-    path = sqlite_path(chosen)
-    if path is not None and not chosen.startswith("sqlite:////"):
-        query = "?" + chosen.split("?", 1)[1] if "?" in chosen else ""
-        return f"sqlite:///{path.as_posix()}{query}"
-    return chosen
+# ----------------------------------------------------------------------------- run tags
 
 
 def git_tags(repo_dir: str | Path | None = None) -> dict[str, str]:
@@ -234,6 +186,18 @@ def open_sweep_run(uri: str, sweep_name: str, tags: Mapping[str, str]) -> tuple[
     return exp_id, run.info.run_id
 
 
+def _last_steps(run: Any) -> dict[str, int]:
+    """Per metric key, the highest step ``run`` (an MLflow ``Run``) holds.
+
+    A run's latest metrics are its points with the highest (step, timestamp,
+    value) per key (SQL and file stores, and servers backed by them), so the
+    run already fetched answers this without reading any history. Their steps
+    are public through ``RunData.to_proto`` only (``RunData.metrics`` maps key
+    to value).
+    """
+    return {m.key: int(m.step) for m in run.data.to_proto().metrics}
+
+
 def open_trial_run(
     uri: str,
     experiment_id: str,
@@ -247,7 +211,9 @@ def open_trial_run(
     A resumed trial (after Ctrl-C or ``kill -9``) finds its run by the tags
     ``mlflow.parentRunId`` + ``liverlab.trial_id`` and continues it (status
     back to RUNNING, params already logged are remembered so they are not
-    logged twice).
+    logged twice). The tracker also learns the last step the run holds for each
+    metric key and drops points at or below it: a trial restored from an older
+    checkpoint reruns steps it had logged, and those keep their first value.
     """
     client = client_for(uri)
     flt = (
@@ -263,10 +229,15 @@ def open_trial_run(
     if found:
         if len(found) > 1:
             log.warning("%d runs for trial %s; continuing the oldest", len(found), trial_id)
-        run = found[0]
-        retry_locked(client.update_run, run.info.run_id, status="RUNNING")
-        set_run_tags(client, run.info.run_id, {k: v for k, v in all_tags.items() if k != "mlflow.parentRunId"})
-        return MlflowTracker(client, run.info.run_id, existing_params=run.data.params, attempt=attempt)
+        run_id = found[0].info.run_id
+        retry_locked(client.update_run, run_id, status="RUNNING")
+        set_run_tags(client, run_id, {k: v for k, v in all_tags.items() if k != "mlflow.parentRunId"})
+        # Read after the attempt tag is set: a stale attempt checks that tag before every
+        # send (MlflowTracker.superseded), so at most a send already past its check lands later.
+        run = retry_locked(client.get_run, run_id)
+        return MlflowTracker(
+            client, run_id, existing_params=run.data.params, last_steps=_last_steps(run), attempt=attempt
+        )
     run = retry_locked(
         client.create_run, experiment_id, tags={k: str(v) for k, v in all_tags.items()}, run_name=run_name
     )

@@ -45,7 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _open_tracker(cfg: Any, out: Path, uri: str | None) -> Any:
-    from liverlab.tracking.writer import git_tags, open_run, resolve_tracking_uri
+    from liverlab.tracking.client import resolve_tracking_uri
+    from liverlab.tracking.writer import git_tags, open_run
 
     uri = resolve_tracking_uri(uri or cfg.tracking.uri, out)
     tags = {"liverlab.stage": cfg.stage, "liverlab.seed": str(cfg.seed), **git_tags(Path.cwd())}

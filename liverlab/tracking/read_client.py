@@ -1,6 +1,6 @@
 """Read path through ``MlflowClient`` (tracking servers, non-SQL stores).
 
-Returns the same long tables as :func:`liverlab.tracking.sqlstore.read_long`.
+Returns the same long tables as :func:`liverlab.tracking.read_sql.read_long`.
 Best values need the full history: one ``get_metric_history`` request per
 run and key, eight at a time in a thread pool; fine for hundreds of runs,
 slow for tens of thousands (use the SQL path, or a server whose database you
@@ -14,7 +14,7 @@ from typing import Any
 
 import polars as pl
 
-from liverlab.tracking.writer import client_for, retry_locked
+from liverlab.tracking.client import client_for, retry_locked
 
 
 def search_all(uri: str, experiment_ids: list[str], filter_string: str = "") -> list[Any]:
@@ -35,7 +35,7 @@ def search_all(uri: str, experiment_ids: list[str], filter_string: str = "") -> 
 
 
 def client_long(uri: str, experiment_ids: list[str], parent_run_id: str | None) -> dict[str, pl.DataFrame]:
-    """The long tables base, tags, params, latest, best (as ``sqlstore.read_long``), via the client."""
+    """The long tables base, tags, params, latest, best (as ``read_sql.read_long``), via the client."""
     flt = f"tags.`mlflow.parentRunId` = '{parent_run_id}'" if parent_run_id else ""
     runs = search_all(uri, experiment_ids, flt)
     base = pl.DataFrame(

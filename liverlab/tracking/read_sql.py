@@ -23,7 +23,7 @@ from typing import Any
 import polars as pl
 
 from liverlab.errors import LiverlabError
-from liverlab.tracking.writer import sqlite_path
+from liverlab.tracking.client import sqlite_path
 
 SQL_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
 _ENGINES: dict[str, Any] = {}
