@@ -36,10 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     import polars as pl
 
     from liverlab.data.atomic import write_bytes_atomic
-
     from liverlab.errors import LiverlabError
     from liverlab.report import stats
     from liverlab.report.source import load_units
+    from liverlab.report.units import POINT_METRICS
 
     try:
         _, _, ua = load_units(args.a, args.tracking_uri)
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"compare_sweeps: error: {err}", file=sys.stderr)
         return 2
     col = f"value.{args.metric}"
-    scale = 100.0 if args.metric in stats.POINT_METRICS else 1.0
+    scale = 100.0 if args.metric in POINT_METRICS else 1.0
     rows = []
     for arm in sorted(set(ua["arm"].to_list()) | set(ub["arm"].to_list())):
         xa = ua.filter(pl.col("arm") == arm)[col].drop_nulls().to_numpy() if col in ua.columns else []

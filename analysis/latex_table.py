@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     from liverlab.data.atomic import write_bytes_atomic
     from liverlab.errors import LiverlabError
     from liverlab.report import stats
+    from liverlab.report.arms import arm_label
     from liverlab.report.source import load_units
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         for m in metrics:
             r = by.get((arm, m))
             cells.append("--" if r is None else f"{fmt(r['mean'])} [{fmt(r[lo])}, {fmt(r[hi])}]")
-        label = arm if args.raw_arms else stats.arm_label(arm)
+        label = arm if args.raw_arms else arm_label(arm)
         lines.append(f"{latex_escape(label)} & {n} & " + " & ".join(cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}",
               f"% mean [95 % {'Student t' if args.interval == 't' else 'percentile bootstrap'} interval], n seeds"]

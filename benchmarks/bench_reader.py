@@ -32,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import polars as pl  # noqa: E402
 
 from liverlab.config import config_from_dict, flatten  # noqa: E402
-from liverlab.report.stats import arm_summary, with_arm  # noqa: E402
+from liverlab.report.stats import arm_summary  # noqa: E402
+from liverlab.report.units import with_arm  # noqa: E402
 from liverlab.tracking.reader import read_runs  # noqa: E402
 from liverlab.tracking.writer import finish_sweep_run, open_sweep_run, open_trial_run  # noqa: E402
 

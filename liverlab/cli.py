@@ -72,17 +72,22 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="first steps: `liverlab train experiments/tiny.yaml` (makes tiny phantoms, trains for seconds); "
         "`liverlab data phantoms --out data/phantoms` then `liverlab data inspect data/phantoms`; "
         "`liverlab sweep search_spaces/quickstart.yaml` (the main job, minutes). "
-        "`liverlab COMMAND --help` for each command; README.md has the tables.",
+        "`liverlab COMMAND --help` for each command; docs/commands.md has them all.",
     )
     parser.add_argument("--version", action="version", version=f"liverlab {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("show-config", help="print a resolved experiment config")
+    p = sub.add_parser("show-config", help="print a resolved experiment config",
+                       description="Print the resolved experiment config: the file, its --set overrides and every "
+                       "default, validated.")
     p.add_argument("file", help="experiment YAML")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted override")
     p.set_defaults(func=_show_config)
 
-    p = sub.add_parser("validate", help="check every YAML under experiments/ and search_spaces/")
+    p = sub.add_parser("validate", help="check every YAML under experiments/ and search_spaces/",
+                       description="Check every YAML under experiments/ and search_spaces/ (or the given files and "
+                       "folders): experiments against the config schema, search spaces against the config paths; "
+                       "exit code 2 when one is invalid.")
     p.add_argument("paths", nargs="*", help="files or folders (default: experiments search_spaces)")
     p.set_defaults(func=_validate)
 

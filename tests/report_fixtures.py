@@ -178,7 +178,7 @@ class TrialSpec:
 def build_custom_store(root: Path, name: str, trials: list[TrialSpec]) -> KnownStore:
     """A sweep of ``trials`` written through liverlab's writer (like ``build_known_store``)."""
     from liverlab.config import set_dotted
-    from liverlab.report.stats import arm_factors
+    from liverlab.report.arms import arm_factors
 
     uri = fresh_uri(root)
     exp_id, parent = open_sweep_run(uri, name, {"liverlab.sweep_key": f"{name}-key"})

@@ -10,7 +10,6 @@ import numpy as np
 import polars as pl
 import pytest
 from PIL import Image
-from scipy import stats as sps
 from report_fixtures import (
     CYCLEGAN_IOU,
     ESSNET_IOU,
@@ -22,10 +21,12 @@ from report_fixtures import (
     known_store,
     patient_iou,
 )
+from scipy import stats as sps
 
 from liverlab.cli import main as cli_main
 from liverlab.errors import LiverlabError
-from liverlab.report import stats
+from liverlab.report import arms, stats
+from liverlab.report import units as unit_rows
 from liverlab.report.markdown import make_report
 from liverlab.tracking.reader import list_artifacts
 from liverlab.tracking.writer import finish_sweep_run, open_sweep_run, open_trial_run
@@ -116,11 +117,18 @@ def test_report_markdown_names_baseline_and_n(report: tuple[KnownStore, Path]) -
     assert "| training data | images | Dice | IoU |" in md
     assert "| real + EssNet | 350 real + 714 synthetic | 0.9034 | 0.8240 |" in md
     assert "| real only | 350 real | 0.8888 | 0.8000 |" in md
-    assert "- **real + EssNet vs real only**: +2.40 IoU points, 95 % CI [" in md
-    assert "n = 5 seeds" in md and "n = 3 seeds" in md and "n = 20 (seed, patient) pairs" in md
+    assert "- **real + EssNet** vs real only: +2.40 IoU points, 95 % CI [+0.98, +3.82]: **better** (n = 5 seeds)." in md
+    # The appendix has every metric and pairing as table rows (not bullets), with n in words.
+    appendix = md.split("### Paired comparisons, every metric and pairing")[1]
+    assert ("| real + EssNet | real only | IoU (points) | seeds | 5 | +2.40 [+0.98, +3.82] | 0.00926 | 0.0625 "
+            "| 2.10 |") in appendix
+    assert "| real + EssNet | real only | IoU (points) | (seed, patient) pairs | 20 |" in appendix
+    assert "| real + CycleGAN | real only | ASSD (mm) | seeds | 3 |" in appendix
+    assert not [line for line in appendix.splitlines() if line.startswith("- **")]
     assert "1 extra Optuna samples set aside" in md and "1 failed" in md
     # Every per-arm interval row carries its n.
-    rows = [line for line in md.splitlines() if line.startswith("| real") and "CI" not in line and "[" in line]
+    per_arm = md.split("### Per-arm results, every metric")[1].split("###")[0]
+    rows = [line for line in per_arm.splitlines() if line.startswith("| real")]
     assert rows and all(line.split("|")[4].strip() in ("3", "5") for line in rows)
     for name in FIGURES + ("translation_panel",):
         assert f"]({name}.png)" in md
@@ -173,7 +181,7 @@ def test_report_by_experiment_name(tmp_path: Path) -> None:
     rc = cli_main(["report", "known", "--tracking-uri", store.uri, "--out", str(tmp_path / "r"), "--no-log",
                    "--bootstrap", "200"])
     assert rc == 0
-    assert "n = 5 seeds" in (tmp_path / "r" / "report.md").read_text()
+    assert "**better** (n = 5 seeds)" in (tmp_path / "r" / "report.md").read_text()
 
 
 def test_report_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -249,7 +257,7 @@ def test_test_columns_never_hold_validation_values() -> None:
         "run_id": ["a", "b", "c"], "arm": ["synthesis=none"] * 3, "seed": [0, 1, 2],
         "metric.test/iou": [0.8, None, None], "best.val/iou": [0.7, 0.75, 0.72],
     })
-    vals = stats.metric_values(runs, ["iou"])
+    vals = unit_rows.metric_values(runs, ["iou"])
     assert vals["value.iou"].to_list() == [0.8, None, None]  # no fallback to best.val
     assert vals["val.iou"].to_list() == [0.7, 0.75, 0.72]
     test = stats.arm_summary(runs, ["iou"], n_boot=100).row(0, named=True)
@@ -261,14 +269,14 @@ def test_test_columns_never_hold_validation_values() -> None:
 def test_select_units_and_arm_helpers() -> None:
     runs = pl.DataFrame({"run_id": list("abcd"), "arm": ["x=1", "x=1", "x=1", None], "seed": [0, 0, 1, None],
                          "best.val/iou": [0.5, 0.9, 0.1, 0.3]})
-    units = stats.select_units(runs)
+    units = unit_rows.select_units(runs)
     assert sorted(units["run_id"].to_list()) == ["b", "c", "d"]
-    assert units.filter(pl.col("run_id") == "d")["arm"][0] == stats.NO_ARM
-    assert stats.arm_factors("synthesis=essnet,unet.mixing_ratio=0.5") == {"synthesis": "essnet",
-                                                                           "unet.mixing_ratio": "0.5"}
-    assert stats.arm_label("synthesis=essnet,unet.mixing_ratio=0.5") == "real + EssNet (mixing ratio 0.5)"
-    assert stats.arm_label("synthesis=none") == "real only"
-    base, note = stats.resolve_baseline(pl.DataFrame({"arm": ["synthesis=essnet"]}), None)
+    assert units.filter(pl.col("run_id") == "d")["arm"][0] == unit_rows.NO_ARM
+    assert arms.arm_factors("synthesis=essnet,unet.mixing_ratio=0.5") == {"synthesis": "essnet",
+                                                                          "unet.mixing_ratio": "0.5"}
+    assert arms.arm_label("synthesis=essnet,unet.mixing_ratio=0.5") == "real + EssNet (mixing ratio 0.5)"
+    assert arms.arm_label("synthesis=none") == "real only"
+    base, note = arms.resolve_baseline(pl.DataFrame({"arm": ["synthesis=essnet"]}), None)
     assert base is None and "--baseline" in note
 
 
@@ -347,8 +355,12 @@ def test_fold_pooled_paired_levels(fold_report: tuple[KnownStore, Path]) -> None
     assert by["seed"]["mean_diff"] == pytest.approx(d_patient.mean())  # pooled unit = mean over 6 patients
     md = (out / "report.md").read_text()
     assert "**Pooled over 3 folds**" in md and "15 fold runs -> 5 units" in md
-    assert "n = 6 patients" in md  # the headline is the patient level
-    assert "6 patients" in md.split("## Per-arm results")[1].split("##")[0]
+    # The verdict and the table use the patient level (the primary one of a pooled sweep).
+    assert (f"vs real only: {d_patient.mean():+.2f} IoU points, 95 % CI [{lo:+.2f}, {hi:+.2f}]: **better** "
+            "(n = 6 patients).") in md
+    assert "| real + EssNet | 6 patients | " in md.split("## Comparison with the baseline")[1].split("##")[0]
+    assert "| patients for +1.17 |" in md
+    assert "6 patients" in md.split("### Per-arm results")[1].split("##")[0]
     # The cyclegan arm logged no test metrics: missing from the test tables, shown under validation only.
     assert "## Validation only (units without test metrics)" in md
     val = md.split("## Validation only")[1].split("##")[0]
@@ -359,7 +371,7 @@ def test_fold_pooled_paired_levels(fold_report: tuple[KnownStore, Path]) -> None
 def test_pool_folds_warns_about_missing_and_repeated_patients() -> None:
     from liverlab.report import folds
 
-    units = stats.metric_values(stats.with_arm(pl.DataFrame({
+    units = unit_rows.metric_values(unit_rows.with_arm(pl.DataFrame({
         "run_id": ["a", "b", "c"], "arm": [f"data.split.fold={k},synthesis=none" for k in (0, 1, 1)],
         "seed": [0, 0, 1], "metric.test/iou": [0.5, 0.7, 0.6], "param.data.split.folds": [2, 2, 2]})), ["iou"])
     assert units["arm"].to_list() == ["synthesis=none"] * 3 and units["fold"].to_list() == [0, 1, 1]

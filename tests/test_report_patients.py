@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
-
-from liverlab.report import patients as section
-from liverlab.report.markdown import _comparison_sentence, make_report
 from report_fixtures import TrialSpec, build_custom_store
+from scipy import stats as sps
+
+from liverlab.report import findings, power, stats
+from liverlab.report import patients as section
+from liverlab.report.arms import control_pairs
+from liverlab.report.markdown import make_report
 
 
 def _long(rows: list[dict]) -> pl.DataFrame:
@@ -43,17 +47,31 @@ def test_spread_and_outliers_known_answers():
     ]
     text = "\n".join(section.markdown_lines(pp))
     assert "**2 of 4 per-patient results are outliers**" in text
-    assert "| real only | 0 | `r0aaaaaa` | p2 | 0.0000 | 99.5000 | Dice 0.00 < 0.5; |RAVD| 99.5 % > 50 % |" in text
-    assert "| real only | IoU | 4 | 0.5250 | 0.6500 | 0.0000 |" in text
+    # The pipes of |RAVD| are escaped: they would split the Markdown table cell.
+    assert "| real only | 0 | `r0aaaaaa` | p2 | 0.0000 | 99.5000 | Dice 0.00 < 0.5; \\|RAVD\\| 99.5 % > 50 % |" in text
+    assert "| arm | results | IoU | Dice | ASSD (mm) | MSSD (mm) | RAVD |" in text
+    assert "| real only | 4 | 0.5250 / 0.6500 / 0.0000 | " in text  # IoU: mean / median / worst
     assert "No per-patient tables" in "\n".join(section.markdown_lines(pp.head(0)))
+
+
+def test_worst_patient_known_answer():
+    worst = section.worst_patient(_long(ROWS))
+    # p1: (0.80 + 0.70) / 2 = 0.75, p2: (0.00 + 0.60) / 2 = 0.30 -> p2, lowest result 0.00 (seed 0).
+    assert worst == {"patient_id": "p2", "mean": pytest.approx(0.30), "n": 2, "low": 0.0,
+                     "low_arm": "synthesis=none", "low_seed": 0}
+    line = findings.patient_line(_long(ROWS))
+    assert line.startswith("**Worst patient**: p2, mean test IoU 0.300 over its 2 results "
+                           "(lowest 0.000: real only, seed 0).")
+    assert "2 of 4 per-patient results: p2 (real only, seed 0); p1 (real only, seed 1)." in line
+    assert section.worst_patient(None) is None
+    assert "No per-patient tables" in findings.patient_line(None)
 
 
 def test_control_pairs_match_the_other_factors():
     units = pl.DataFrame({"arm": ["synthesis=essnet,unet.mixing_ratio=1", "synthesis=intensity,unet.mixing_ratio=1",
                                   "synthesis=essnet,unet.mixing_ratio=2", "synthesis=none,unet.mixing_ratio=0"]})
-    assert section.control_pairs(units) == {
-        "synthesis=essnet,unet.mixing_ratio=1": "synthesis=intensity,unet.mixing_ratio=1"}
-    assert section.control_pairs(pl.DataFrame({"arm": ["synthesis=essnet", "synthesis=none"]})) == {}
+    assert control_pairs(units) == {"synthesis=essnet,unet.mixing_ratio=1": "synthesis=intensity,unet.mixing_ratio=1"}
+    assert control_pairs(pl.DataFrame({"arm": ["synthesis=essnet", "synthesis=none"]})) == {}
 
 
 def _units(essnet: list[float], control: list[float]) -> pl.DataFrame:
@@ -62,18 +80,24 @@ def _units(essnet: list[float], control: list[float]) -> pl.DataFrame:
     return pl.DataFrame(rows)
 
 
+def _control(units: pl.DataFrame) -> pl.DataFrame:
+    return power.with_power(stats.paired_comparisons(units, control_pairs(units), None, metrics=("iou",)))
+
+
 def test_control_verdicts():
-    tie = "\n".join(section.control_lines(_units([0.80, 0.82, 0.78], [0.81, 0.80, 0.79]), None, False,
-                                          _comparison_sentence))
-    assert "**EssNet does not beat the intensity control** (the 95 % interval of the difference includes 0)" in tie
-    assert "n = 3 seeds" in tie
-    worse = "\n".join(section.control_lines(_units([0.70, 0.72, 0.71], [0.80, 0.83, 0.81]), None, False,
-                                            _comparison_sentence))
-    assert "it is worse** (the 95 % interval is below 0)" in worse
-    better = "\n".join(section.control_lines(_units([0.90, 0.93, 0.91], [0.80, 0.82, 0.81]), None, False,
-                                             _comparison_sentence))
-    assert "EssNet beats the intensity control" in better and "does not beat the intensity control" not in better
-    assert section.control_lines(_units([0.9], []), None, False, _comparison_sentence) == []
+    tie = _control(_units([0.80, 0.82, 0.78], [0.81, 0.80, 0.79]))
+    line = findings.control_line(tie, pooled=False)
+    half = sps.t.ppf(0.975, 2) * np.std([-1, 2, -1], ddof=1) / np.sqrt(3)  # differences -1, +2, -1 points
+    assert line == (f"**EssNet vs the intensity control**: +0.00 IoU points, 95 % CI [{-half:+.2f}, {half:+.2f}]: "
+                    "**EssNet does not beat the control** (no detectable difference at n = 3 seeds).")
+    table = "\n".join(findings.control_section(tie, pooled=False))
+    assert f"| real + EssNet | real + intensity remap | 3 seeds | +0.00 [{-half:+.2f}, {half:+.2f}] |" in table
+    worse = findings.control_line(_control(_units([0.70, 0.72, 0.71], [0.80, 0.83, 0.81])), pooled=False)
+    assert "**EssNet is worse than the control**" in worse
+    better = findings.control_line(_control(_units([0.90, 0.93, 0.91], [0.80, 0.82, 0.81])), pooled=False)
+    assert "EssNet beats the control" in better and "does not beat" not in better
+    empty = _control(_units([0.9], []))
+    assert findings.control_line(empty, pooled=False) == "" and findings.control_section(empty, pooled=False) == []
 
 
 def test_report_has_per_patient_section_and_control_verdict(tmp_path: Path):
@@ -86,7 +110,12 @@ def test_report_has_per_patient_section_and_control_verdict(tmp_path: Path):
     md = make_report(store.uri, parent_run_id=store.parent_run_id, out=tmp_path / "report", log_to_parent=False, n_boot=200)
     text = md.read_text()
     assert "## EssNet vs the non-GAN control (synthesis: intensity)" in text
-    assert "**real + EssNet vs real + intensity remap**: **EssNet does not beat the intensity control** (the 95 % interval of the difference includes 0)" in text
+    half = sps.t.ppf(0.975, 2) * np.std([1, -2, 1], ddof=1) / np.sqrt(3)  # essnet - intensity: +1, -2, +1 points
+    assert (f"- **EssNet vs the intensity control**: +0.00 IoU points, 95 % CI [{-half:+.2f}, {half:+.2f}]: **EssNet "
+            "does not beat the control** (no detectable difference at n = 3 seeds).") in text
     assert "## Per-patient results" in text and "### Outliers (Dice < 0.5 or |RAVD| > 50 %)" in text
     assert "**1 of 18 per-patient results are outliers**" in text
     assert "| real + EssNet | 0 |" in text and "| p2 | 0.1818 |" in text
+    # p2: real only 0.68 x 3, EssNet 0.10, 0.72, 0.72, intensity 0.73 x 3: mean 5.77 / 9.
+    assert ("**Worst patient**: p2, mean test IoU 0.641 over its 9 results "
+            "(lowest 0.100: real + EssNet, seed 0).") in text

@@ -139,7 +139,9 @@ def test_scarcity_report_states_the_crossing_and_draws_the_curve(scarcity_report
     assert ("real + EssNet helps at 1, 2 patients and **stops helping from 4 patients** (the 95 % CI includes or "
             "is below 0 there and at every larger size).") in md
     assert "| real + EssNet | 1 | 3 seeds | 0.5700 | [" in md and "| +6.00 | [" in md
-    assert "![data scarcity](data_scarcity.png)" in md
+    # The curve is a key figure: right after the comparison table, and only there.
+    assert md.count("](data_scarcity.png)") == 1
+    assert "![data_scarcity](data_scarcity.png)" in md.split("## Figures")[1].split("\n## ")[0]
     # The comparisons section pairs each size with its own real-only arm, never with another size.
     assert "`data.train_patients=4,synthesis=essnet` vs `data.train_patients=4,synthesis=none`" in md
     assert "`data.train_patients=1,synthesis=essnet` vs `data.train_patients=4" not in md

@@ -84,7 +84,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     sub = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
 
-    p = sub.add_parser("phantoms", help="generate paired CT/MRI phantoms (nnU-Net layout)")
+    p = sub.add_parser("phantoms", help="generate paired CT/MRI phantoms (nnU-Net layout)",
+                       description="Paired CT/MRI phantoms of the same anatomy (body, fat, liver, spleen, kidneys, "
+                       "spine, vessels; per-patient deformations), nnU-Net layout, under OUT/ct and OUT/mri.")
     p.add_argument("--out", required=True, help="output folder (gets ct/ and mri/)")
     p.add_argument("--patients", type=int, default=8, help="patients, each with a CT and an MRI (default 8, at least 2)")
     p.add_argument("--size", type=int, default=64, help="in-plane voxels, 16..1024 (default 64)")
@@ -98,6 +100,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "Train_Sets/MR/<id>/T2SPIR/{DICOM_anon,Ground}, T1DUAL/{DICOM_anon/{InPhase,OutPhase},Ground}): "
         "one case per patient (ct_<id>, t2spir_<id>, ...), liver = 1 (CT: any non-zero mask pixel; "
         "MR: grey value 55 < v <= 70), slice order from ImagePositionPatient.",
+        epilog="ROOT is the folder holding `Train_Sets`, `Train_Sets` itself, its CT/ or MR/ folder, or one patient "
+        "folder. An MR case's patient id is `mr_<id>` (kidneys and spleen are dropped from its mask); slice order and "
+        "affine come from the DICOM geometry; all patients are written or none. `import-chaos-ct SRC` is the same "
+        "for one CT patient folder.",
     )
     p.add_argument("root", help="folder holding Train_Sets/, Train_Sets/ itself, its CT/ or MR/ folder, or one patient folder")
     p.add_argument("--out", required=True, help="nnU-Net folder to create or append to (e.g. data/chaos/mri)")
@@ -112,7 +118,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--case-id", default=None, help="default: ct_<folder name>")
     p.set_defaults(func=_import_chaos_ct)
 
-    p = sub.add_parser("import-nifti", help="import NIfTI image/label pairs, keeping the liver label")
+    p = sub.add_parser("import-nifti", help="import NIfTI image/label pairs, keeping the liver label",
+                       description="Import NIfTI image/label pairs (e.g. the preprocessed CHAOS MR, multi-label "
+                       "masks) into the nnU-Net layout; the liver label becomes 1, every other label 0.")
     p.add_argument("--images", required=True, metavar="GLOB", help="quoted glob of images, e.g. 'src/image_*.nii.gz'")
     p.add_argument("--labels", required=True, metavar="GLOB", help="quoted glob of labels")
     p.add_argument("--modality", required=True, choices=["ct", "mri"], help="the images' modality")
@@ -121,14 +129,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--out", required=True, help="nnU-Net folder to create or append to")
     p.set_defaults(func=_import_nifti)
 
-    p = sub.add_parser("split", help="assign train/val/test by patient (writes the manifest's split column)")
+    p = sub.add_parser("split", help="assign train/val/test by patient (writes the manifest's split column)",
+                       description="Patient-level train/val/test splits into the manifest (never by slice), "
+                       "fixed by the seed.")
     p.add_argument("dir", help="nnU-Net dataset folder")
     p.add_argument("--val", type=float, default=0.2, help="share of patients for validation (default 0.2)")
     p.add_argument("--test", type=float, default=0.2, help="share of patients for test (default 0.2)")
     p.add_argument("--seed", type=int, default=0, help="seed of the patient shuffle (default 0)")
     p.set_defaults(func=_split)
 
-    p = sub.add_parser("inspect", help="table of cases (+ PNG montage with the liver outlined)")
+    p = sub.add_parser("inspect", help="table of cases (+ PNG montage with the liver outlined)",
+                       description="A table of the cases and a PNG montage with the liver outlined. DIR may hold "
+                       "several datasets (`ct/` and `mri/` of `data phantoms`): one table and FILE_ct.png / "
+                       "FILE_mri.png each.")
     p.add_argument("dir", help="nnU-Net dataset folder, or a folder holding several (ct/ and mri/ of `data phantoms`)")
     p.add_argument("--png", default=None, metavar="FILE",
                    help="write a montage PNG (several datasets: FILE_ct.png, FILE_mri.png)")

@@ -31,6 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "nnunet", help="an nnU-Net v2 raw dataset (real + synthetic cases, folds validating on real patients only)",
         description="Write OUT/DatasetNNN_NAME (imagesTr, labelsTr, dataset.json) and splits_final.json: "
         "5 folds by patient over the real cases, synthetic cases in every training list and no validation list.",
+        epilog="Cases are named `real_*` / `syn_*`; --folds K sets the number of folds. Copy splits_final.json to "
+        "$nnUNet_preprocessed/DatasetNNN_NAME/ after nnUNetv2_plan_and_preprocess. An existing dataset id is "
+        "replaced only with --force.",
     )
     p.add_argument("--real", required=True, metavar="DIR", help="liverlab dataset folder of real cases (e.g. data/chaos/mri)")
     p.add_argument("--synthetic", default=None, metavar="DIR", help="liverlab dataset of synthetic cases (liverlab synthesize)")

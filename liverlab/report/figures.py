@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from liverlab.report.stats import arm_factors, arm_label, t_interval
+from liverlab.report.arms import arm_factors, arm_label
+from liverlab.report.stats import t_interval
 
 FIGSIZE = (8.0, 5.0)
 DPI = 100

@@ -3,8 +3,8 @@
 With ``data.split.fold`` as an arm factor (``data.split: {folds: K}`` set in
 the sweep), each fold's trial tests a different part of the patients, and
 over the K folds every patient is tested exactly once per seed. The fold is
-therefore not an arm of the comparison: ``stats.with_arm`` moves it out of
-the arm into a ``fold`` column, ``stats.select_units`` keeps one run per
+therefore not an arm of the comparison: ``units.with_arm`` moves it out of
+the arm into a ``fold`` column, ``units.select_units`` keeps one run per
 (arm, seed, fold), and :func:`pool_folds` turns the K runs of an (arm, seed)
 into one unit whose test value is the mean over all its patients. The
 report's intervals are then over patients (each patient's mean over seeds),
@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import polars as pl
 
-from liverlab.report.stats import METRICS
+from liverlab.report.units import METRICS
 
 
 def is_pooled(units: pl.DataFrame) -> bool:

@@ -4,7 +4,7 @@ A sweep whose arms cross ``data.train_patients`` (e.g. ``[1, 2, 4, all]``)
 with ``synthesis`` gets, in its report, a table and a figure with one line
 per synthesis arm (mean and 95 % t interval at each size), each arm's paired
 difference against the real-only arm **at the same size**
-(``stats.matched_baselines``), and a sentence per arm saying at which size,
+(``arms.matched_baselines``), and a sentence per arm saying at which size,
 if any, synthetic data stops helping.
 
 The rule: at size n the arm *helps* when the lower end of the 95 % interval
@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from liverlab.report.stats import arm_factors, arm_label, drop_factor
+from liverlab.report.arms import arm_factors, arm_label, drop_factor
 
 FACTOR = "data.train_patients"
 METRIC = "iou"

@@ -99,20 +99,21 @@ def sweep_runs(uri: str, experiment: str | None, parent_run_id: str | None) -> t
 def load_units(sweep: str, tracking_uri: str | None = None) -> tuple[SweepRef, Any, Any]:
     """(ref, finished runs, units): the finished trials of a sweep and one unit per (arm, seed),
     with ``value.<metric>`` (test) / ``val.<metric>`` (best validation) columns (see
-    ``liverlab.report.stats``); the folds of a k-fold sweep are pooled (``liverlab.report.folds``)."""
+    ``liverlab.report.units``); the folds of a k-fold sweep are pooled (``liverlab.report.folds``)."""
     import polars as pl
 
-    from liverlab.report import folds, stats
+    from liverlab.report import folds
+    from liverlab.report import units as unit_rows
     from liverlab.tracking.reader import read_per_patient
 
     ref = resolve_sweep(sweep, tracking_uri)
     runs, _, _ = sweep_runs(ref.uri, ref.experiment, ref.parent_run_id)
     if runs.height == 0:
         raise LiverlabError(f"{sweep}: no runs")
-    finished = stats.with_arm(runs.filter(pl.col("status") == "FINISHED"))
+    finished = unit_rows.with_arm(runs.filter(pl.col("status") == "FINISHED"))
     if finished.height == 0:
         raise LiverlabError(f"{sweep}: no finished runs")
-    units = stats.metric_values(stats.select_units(finished))
+    units = unit_rows.metric_values(unit_rows.select_units(finished))
     if folds.is_pooled(units):
         units, _ = folds.pool_folds(units, folds.patient_rows(read_per_patient(ref.uri, units), units))
-    return ref, stats.metric_values(finished), units
+    return ref, unit_rows.metric_values(finished), units

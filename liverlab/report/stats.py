@@ -1,19 +1,10 @@
 """Per-arm statistics and paired comparisons against a baseline arm.
 
-Conventions (documented in docs/report.md):
+The runs and values these read are chosen by ``liverlab.report.units`` (one
+unit per (arm, seed), test values only); which arm is compared with which
+comes from ``liverlab.report.arms``; the power of each comparison is
+``liverlab.report.power``. Conventions (documented in docs/report.md):
 
-* The unit of replication is the **seed**. A sweep may run several Optuna
-  samples per (arm, seed); :func:`select_units` keeps the one with the best
-  validation objective (``best.val/iou``), i.e. model selection on
-  validation, evaluation on test. With one trial per (arm, seed) nothing is
-  dropped.
-* A run's value for metric ``m`` is ``metric.test/<m>`` (logged once after
-  training) and nothing else: a run without test metrics has a null test
-  value. Its validation value ``best.val/<m>`` is a separate column
-  (``val.<m>``), never mixed into a column that says test.
-* k-fold sweeps: when ``data.split.fold`` is an arm factor, the fold is not
-  an arm of the comparison (``with_arm`` moves it to a ``fold`` column) and
-  ``liverlab.report.folds`` pools the per-patient test rows of all folds.
 * Intervals are 95 %: Student t (``mean +- t_{0.975, n-1} * sd / sqrt(n)``)
   and percentile bootstrap of the mean (seeded, ``n_boot`` resamples).
 * Paired differences are ``arm - baseline`` over shared seeds (and over
@@ -24,151 +15,13 @@ Conventions (documented in docs/report.md):
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
 import polars as pl
 
-from liverlab.errors import LiverlabError
-
-METRICS: tuple[str, ...] = ("iou", "dice", "assd", "mssd", "ravd")
-POINT_METRICS = frozenset({"iou", "dice"})
-OBJECTIVE = "best.val/iou"
-NO_ARM = "(no arm)"
-FOLD_FACTOR = "data.split.fold"
-_SYNTH_LABEL = {"none": "real only", "essnet": "real + EssNet", "cyclegan": "real + CycleGAN",
-                "intensity": "real + intensity remap"}
-_SPLIT_FACTORS = re.compile(r",(?=[\w.\-]+=)")
-
-
-# ----------------------------------------------------------------------------- arms
-
-
-def arm_factors(arm: str | None) -> dict[str, str]:
-    """``'synthesis=none,unet.mixing_ratio=0.5'`` -> ``{'synthesis': 'none', 'unet.mixing_ratio': '0.5'}``."""
-    if not arm or "=" not in arm:
-        return {}
-    return dict(part.split("=", 1) for part in _SPLIT_FACTORS.split(arm) if "=" in part)
-
-
-def arm_label(arm: str) -> str:
-    """Plain words for an arm: 'real + EssNet (mixing ratio 0.5)'."""
-    factors = arm_factors(arm)
-    if not factors:
-        return arm
-    synth = factors.pop("synthesis", None)
-    head = _SYNTH_LABEL.get(synth or "", f"synthesis {synth}" if synth else "")
-    rest = [
-        f"mixing ratio {v}" if k.endswith("mixing_ratio")
-        else (f"{v} real training patients" if v != "1" else "1 real training patient") if k == "data.train_patients"
-        else f"{k} {v}" for k, v in sorted(factors.items())
-    ]
-    if head and rest:
-        return f"{head} ({', '.join(rest)})"
-    return head or ", ".join(rest)
-
-
-def arm_synthesis(runs: pl.DataFrame) -> dict[str, str | None]:
-    """Arm -> its synthesis value, from the ``synthesis`` arm factor, else ``param.synthesis``."""
-    out: dict[str, str | None] = {}
-    for arm in runs["arm"].unique().sort().to_list():
-        synth = arm_factors(arm).get("synthesis")
-        if synth is None and "param.synthesis" in runs.columns:
-            values = runs.filter(pl.col("arm") == arm)["param.synthesis"].drop_nulls().unique().to_list()
-            synth = values[0] if len(values) == 1 else None
-        out[arm] = synth
-    return out
-
-
-def resolve_baseline(runs: pl.DataFrame, baseline: str | None) -> tuple[str | None, str]:
-    """(baseline arm or None, a sentence saying how it was chosen).
-
-    Explicit ``baseline`` must be one of the arms (LiverlabError listing them);
-    otherwise the arm whose synthesis is ``none`` (real MRI only).
-    """
-    arms = sorted(runs["arm"].unique().to_list())
-    if baseline is not None:
-        if baseline not in arms:
-            raise LiverlabError(
-                f"--baseline {baseline!r} is not an arm with finished runs in this sweep; arms: {', '.join(arms)}"
-            )
-        return baseline, f"baseline `{baseline}` (chosen with --baseline)"
-    real_only = [a for a, s in arm_synthesis(runs).items() if s == "none"]
-    if not real_only:
-        return None, "no baseline: no arm has synthesis = none (pass --baseline ARM)"
-    note = f"baseline `{real_only[0]}` (the arm with synthesis = none, real MRI only)"
-    if len(real_only) > 1:
-        note += f"; {len(real_only)} arms have synthesis = none, the first was taken (use --baseline to choose)"
-    return real_only[0], note
-
-
-# ----------------------------------------------------------------------------- run values
-
-
-def drop_factor(arm: str, factor: str) -> str:
-    """``'data.split.fold=2,synthesis=none'`` without ``factor`` -> ``'synthesis=none'`` ('default' if none is left)."""
-    factors = arm_factors(arm)
-    if factor not in factors:
-        return arm
-    return ",".join(f"{k}={v}" for k, v in factors.items() if k != factor) or "default"
-
-
-def with_arm(runs: pl.DataFrame) -> pl.DataFrame:
-    """Make sure ``arm`` (String), ``seed`` (Int64) and ``fold`` (Int64) columns exist.
-
-    Missing arms -> '(no arm)'. An arm factor ``data.split.fold`` is moved out
-    of the arm into ``fold`` (the trial's own arm stays in ``trial_arm``): the
-    folds of a k-fold sweep are pooled, not compared. Idempotent.
-    """
-    arm = pl.col("arm") if "arm" in runs.columns else pl.lit(None, dtype=pl.String)
-    seed = pl.col("seed") if "seed" in runs.columns else pl.lit(None, dtype=pl.Int64)
-    out = runs.with_columns(arm.fill_null(NO_ARM).alias("arm"), seed.cast(pl.Int64).alias("seed"))
-    if "fold" in out.columns:
-        return out
-    arms = out["arm"].to_list()
-    folds = [arm_factors(a).get(FOLD_FACTOR) for a in arms]
-    return out.with_columns(
-        pl.Series("trial_arm", arms, dtype=pl.String),
-        pl.Series("arm", [drop_factor(a, FOLD_FACTOR) for a in arms], dtype=pl.String),
-        pl.Series("fold", [int(f) if f is not None else None for f in folds], dtype=pl.Int64),
-    )
-
-
-def metric_values(runs: pl.DataFrame, metrics: Sequence[str] = METRICS) -> pl.DataFrame:
-    """Add ``value.<m>`` (``metric.test/<m>`` only; null without test metrics) and ``val.<m>``
-    (``best.val/<m>``) for each metric. Test and validation never share a column.
-    Columns already there are kept (pooled k-fold units carry their pooled values)."""
-    exprs: list[pl.Expr] = []
-    for m in metrics:
-        if f"value.{m}" in runs.columns and f"val.{m}" in runs.columns:
-            continue
-        test, val = f"metric.test/{m}", f"best.val/{m}"
-        t = pl.col(test) if test in runs.columns else pl.lit(None, dtype=pl.Float64)
-        v = pl.col(val) if val in runs.columns else pl.lit(None, dtype=pl.Float64)
-        exprs.append(t.cast(pl.Float64).alias(f"value.{m}"))
-        exprs.append(v.cast(pl.Float64).alias(f"val.{m}"))
-    return runs.with_columns(exprs)
-
-
-def select_units(runs: pl.DataFrame, objective: str = OBJECTIVE) -> pl.DataFrame:
-    """One run per (arm, seed, fold): the one with the highest ``objective`` (ties: earliest).
-
-    Runs without a seed are each their own unit (and cannot be paired). Without
-    a fold factor ``fold`` is null and this is one run per (arm, seed).
-    """
-    runs = with_arm(runs)
-    score = pl.col(objective) if objective in runs.columns else pl.lit(None, dtype=pl.Float64)
-    ranked = runs.with_columns(score.fill_nan(None).alias("_score"), pl.int_range(pl.len()).alias("_order"))
-    seeded = (
-        ranked.filter(pl.col("seed").is_not_null())
-        .sort(["_score", "_order"], descending=[True, False], nulls_last=True)
-        .unique(subset=["arm", "seed", "fold"], keep="first", maintain_order=True)
-    )
-    unseeded = ranked.filter(pl.col("seed").is_null())
-    return pl.concat([seeded, unseeded]).sort("arm", "seed", "fold", "_order", nulls_last=True).drop("_score", "_order")
-
+from liverlab.report.units import METRICS, POINT_METRICS, metric_values, with_arm
 
 # ----------------------------------------------------------------------------- intervals
 
@@ -318,32 +171,6 @@ def paired_test(a: np.ndarray, b: np.ndarray, scale: float = 1.0) -> dict[str, A
     return out
 
 
-def matched_baselines(arms: Sequence[str], baseline: str | None, synthesis: dict[str, str | None]) -> dict[str, str]:
-    """Arm -> the baseline arm it is compared with.
-
-    An explicit ``baseline``: every other arm against it. Otherwise the
-    real-only arms (``synthesis`` none) are the baselines; when they differ in
-    some factor (e.g. ``data.train_patients``), each arm is compared with the
-    real-only arm that has its values of those factors (none: not compared).
-    """
-    if baseline is not None:
-        return {a: baseline for a in arms if a != baseline}
-    bases = sorted(a for a in arms if synthesis.get(a) == "none")
-    if not bases:
-        return {}
-    strata = sorted({k for b in bases for k in arm_factors(b) if k != "synthesis"
-                     and len({arm_factors(x).get(k) for x in bases}) > 1})
-    out: dict[str, str] = {}
-    for a in arms:
-        if a in bases:
-            continue
-        fa = arm_factors(a)
-        hit = [b for b in bases if all(arm_factors(b).get(k) == fa.get(k) for k in strata)]
-        if hit:
-            out[a] = hit[0]
-    return out
-
-
 def paired_comparisons(
     units: pl.DataFrame,
     baseline: str | dict[str, str] | None,
@@ -355,7 +182,7 @@ def paired_comparisons(
     """Every other arm against its baseline, per metric, paired by seed and by (seed, patient).
 
     ``baseline``: one arm for all, or a mapping arm -> baseline arm (see
-    :func:`matched_baselines`); None: an empty table with the same columns.
+    ``liverlab.report.arms.matched_baselines``); None: an empty table with the same columns.
     ``per_patient``: long rows (arm, seed, patient_id, metric, value) whose
     ``arm`` is the unit's arm (``liverlab.report.folds.patient_rows``); rows
     of runs that are not units must already be dropped. ``pooled`` (k-fold):
@@ -392,7 +219,8 @@ def paired_comparisons(
                 continue
             if pooled:
                 per = pair.group_by("patient_id").agg(pl.col("a").mean(), pl.col("b").mean()).sort("patient_id")
-                rows.append({**head, "level": "patient", **paired_test(per["a"].to_numpy(), per["b"].to_numpy(), scale)})
+                rows.append({**head, "level": "patient",
+                             **paired_test(per["a"].to_numpy(), per["b"].to_numpy(), scale)})
             rows.append({**head, "level": "seed x patient",
                          **paired_test(pair["a"].to_numpy(), pair["b"].to_numpy(), scale)})
     schema = {"arm": pl.String, "baseline": pl.String, "metric": pl.String, "level": pl.String, "unit": pl.String,

@@ -10,7 +10,15 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("sweep", help="run a search space (arms x seeds x Optuna) on Ray Tune")
+    p = sub.add_parser(
+        "sweep", help="run a search space (arms x seeds x Optuna) on Ray Tune",
+        description="Run a search space on Ray Tune: every arm x seed, Optuna sampling inside each arm, one MLflow "
+        "parent run with a child per trial, and the report (`liverlab report`) at the end. Storage is a shared "
+        "folder or an object store such as `s3://bucket/sweeps` (see docs/cluster.md).",
+        epilog="--dry-run prints arms, seeds, sampled ranges, resources and the trial count. --resume continues "
+        "an interrupted sweep (also after `kill -9` of the driver) without rerunning finished trials or "
+        "duplicating MLflow runs.",
+    )
     p.add_argument("space", help="search-space YAML (search_spaces/*.yaml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override of the base experiment")
     p.add_argument("--num-samples", type=int, help="Optuna samples per arm and seed")
@@ -25,7 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_sweep)
 
     p = sub.add_parser("doctor", help="check a Ray cluster: nodes, storage and data seen from every node, "
-                                      "versions, tracking")
+                                      "versions, tracking",
+                       description="Check a Ray cluster: its nodes, the storage and data seen from every node, "
+                       "library versions and the tracking server (see docs/cluster.md).")
     p.add_argument("--address", help="Ray cluster address (default $RAY_ADDRESS, else a local Ray)")
     p.add_argument("--storage", help="sweep storage root to check (default ./sweeps or $LIVERLAB_STORAGE)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI to check (default $MLFLOW_TRACKING_URI)")

@@ -13,7 +13,11 @@ from liverlab.errors import LiverlabError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="run one experiment (stage essnet, unet or pipeline)")
+    p = sub.add_parser(
+        "train", help="run one experiment (stage essnet, unet or pipeline)",
+        description="Run one experiment (stage `essnet`, `unet` or `pipeline`) with a progress bar and a final "
+        "metrics table; the run folder holds the resolved config, checkpoints and, unless --no-track, an MLflow run.",
+    )
     p.add_argument("experiment", help="experiment YAML")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="dotted override")
     p.add_argument("--out", help="run folder (default runs/<name>-<time>)")
@@ -21,14 +25,36 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-track", action="store_true", help="do not record an MLflow run")
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("synthesize", help="CT -> synthetic MRI with a trained EssNet checkpoint")
+    p = sub.add_parser(
+        "synthesize", help="CT -> synthetic MRI with a trained EssNet checkpoint",
+        description="CT -> synthetic MRI volumes with the CT affine and liver label, in the nnU-Net layout with a "
+        "manifest and `provenance.json`; reused when asked again for the same checkpoint and data.",
+    )
     p.add_argument("--checkpoint", required=True, help="EssNet checkpoint (file or checkpoint folder)")
     p.add_argument("--data", required=True, help="nnU-Net folder of CT cases")
     p.add_argument("--out", required=True, help="output folder (reused when made from the same inputs)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run G_mri (auto: CUDA when available)")
     p.set_defaults(func=_synthesize)
 
-    p = sub.add_parser("evaluate", help="CHAOS metrics: prediction vs label files, or a U-Net on a dataset")
+    p = sub.add_parser(
+        "evaluate", help="CHAOS metrics: prediction vs label files, or a U-Net on a dataset",
+        description="With --pred P --label L: IoU, Dice, RAVD (%), ASSD and MSSD (mm) for two NIfTI files or two "
+        "folders with matching case names; the predictions are scored exactly as given (no post-processing: they "
+        "are someone's final masks). With --checkpoint C --data DIR: segment a dataset with a trained U-Net on each "
+        "case's own grid, post-process (`unet.postprocess` of the checkpoint), write the masks as NIfTI in each "
+        "image file's own voxel order and affine (comparable with the label array as stored, as nnU-Net writes "
+        "them), and report the same metrics (the function that computes training's `test/*`, so the two agree). "
+        "Every table flags outlier cases (`flag` column, red, `!`; a warning counts them): Dice < 0.5 or "
+        "|RAVD| > 50 % (`liverlab/outliers.py`), and prints the per-patient median and worst case (min IoU/Dice, "
+        "max ASSD/MSSD/RAVD) beside the mean; --json has `flag` per case and `mean`, `median`, `worst`, "
+        "`outliers`, `n_outliers`.",
+        epilog="--split auto (default): `all` when none of the dataset's patients were in the checkpoint's "
+        "training or validation patients (`train_patients` in `best.pt`; older checkpoints: recomputed from their "
+        "config's dataset and split settings), `test` (the checkpoint's split settings) on the checkpoint's own "
+        "dataset, `unseen` (every patient it did not see) on a dataset that shares some patients. Every run "
+        "prints the split and how many cases and patients were scored, and why (--json: `split`, "
+        "`split_requested`, `split_notes`, `n_cases`, `n_patients`).",
+    )
     p.add_argument("--pred", help="predicted mask NIfTI (or a folder of them); scored as given, without post-processing")
     p.add_argument("--label", help="label NIfTI (or a folder with matching case names)")
     p.add_argument("--checkpoint", help="U-Net weights (best.pt or a checkpoint folder)")
