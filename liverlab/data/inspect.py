@@ -92,7 +92,7 @@ def montage(dataset_dir: str | Path, png: str | Path, max_cases: int = 4, per_ca
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from liverlab.data.cache import display_slice
+    from liverlab.data.preprocess import display_slice
     from liverlab.data.layout import dataset_modality
     from liverlab.data.manifest import ensure_manifest
     from liverlab.data.nifti import load_volume
