@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
-from liverlab.config import flatten
+from liverlab._flatten import flatten
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from mlflow.tracking import MlflowClient
