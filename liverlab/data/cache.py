@@ -35,6 +35,8 @@ import numpy as np
 
 from liverlab.data import layout
 from liverlab.data.atomic import sha256_json
+from liverlab.data.manifest import assign_splits, ensure_manifest
+from liverlab.data.nifti import load_volume
 from liverlab.data.preprocess import (
     axial_slices,
     centre_fit,
@@ -169,8 +171,6 @@ def _build(
     root: Path, target: Path, rows: list[dict[str, Any]], modality: str, settings: dict[str, Any]
 ) -> None:
     """Preprocess ``rows`` into ``target`` (a fresh temp folder), one case at a time."""
-    from liverlab.data.nifti import load_volume
-
     size = settings["size"]
     parts: list[tuple[np.ndarray, np.ndarray]] = []
     case_ids: list[str] = []
@@ -271,8 +271,6 @@ def load_slices(
     the whole slice to ``size``.
     """
     from filelock import FileLock
-
-    from liverlab.data.manifest import assign_splits, ensure_manifest
 
     root = Path(dataset_dir).resolve()
     layout.check_modality(modality)

@@ -22,15 +22,18 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from liverlab import __version__
 from liverlab.data.atomic import write_bytes_atomic
+from liverlab.data.manifest import manifest_hash, read_manifest
 from liverlab.errors import LiverlabError
+from liverlab.report.markdown import make_report
 from liverlab.storage import filesystem as storage_filesystem
 from liverlab.storage import is_uri, join, write_text
 from liverlab.sweep.cluster import connect
 from liverlab.sweep.display import LiveTable, summarize
 from liverlab.sweep.preflight import preflight, quick_check
 from liverlab.sweep.search import ArmSearcher
-from liverlab.sweep.space import LoadedSpace, load_space
+from liverlab.sweep.space import LoadedSpace, arm_id, load_space
 from liverlab.sweep.trainable import META, run_trial
+from liverlab.tracking.writer import finish_sweep_run, git_tags, open_sweep_run, resolve_tracking_uri
 
 SWEEP_FILE = "liverlab_sweep.json"
 
@@ -73,7 +76,6 @@ def dry_run_text(loaded: LoadedSpace) -> str:
         f"  base experiment: {loaded.base_path} (stage {cfg.stage})",
         f"  arms ({len(arms)}):",
     ]
-    from liverlab.sweep.space import arm_id
 
     for arm in arms:
         active = loaded.active_params(arm)
@@ -104,8 +106,6 @@ def _storage_root(opts: SweepOptions) -> str:
 
 def run_sweep(opts: SweepOptions) -> int:
     """Run (or resume) a sweep; exit code 0, or 1 when every trial failed."""
-    from liverlab.tracking.writer import finish_sweep_run, git_tags, open_sweep_run, resolve_tracking_uri
-
     loaded = _apply_cli(load_space(opts.space, opts.set), opts)
     if opts.dry_run:
         print(dry_run_text(loaded))
@@ -236,18 +236,12 @@ def _write_sweep_file(sweep_loc: str, local_dir: Path, text: str) -> None:
 def _data_hash(config: Any) -> str:
     """Manifest hash of the MRI data the U-Net is judged on (best effort before it exists)."""
     try:
-        from liverlab.data.manifest import manifest_hash, read_manifest
-
         return manifest_hash(read_manifest(config.data.mri_dir))
     except Exception:  # phantoms not generated yet: the hash is set once they are
         return "pending"
 
 
 def _report(uri: str, parent_run_id: str, sweep_dir: Path, baseline: str | None) -> None:
-    try:
-        from liverlab.report.markdown import make_report
-    except ImportError:
-        return
     try:
         out = make_report(uri, parent_run_id=parent_run_id, baseline=baseline, out=sweep_dir / "report")
         print(f"report: {out}")
