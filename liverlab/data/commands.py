@@ -9,12 +9,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from liverlab.data.layout import list_cases  # stdlib only: does not slow --help
-from liverlab.errors import LiverlabError
-
 
 def _phantoms(args: argparse.Namespace) -> int:
     from liverlab.data.phantoms import generate_phantoms
+    from liverlab.errors import LiverlabError
 
     if args.patients < 2:  # the same bound as data.phantom.patients: patient-level splits need two
         raise LiverlabError(f"phantoms: --patients must be at least 2 (splits are by patient), got {args.patients}")
@@ -26,6 +24,7 @@ def _phantoms(args: argparse.Namespace) -> int:
 
 def _import_chaos(args: argparse.Namespace) -> int:
     from liverlab.data.chaos import import_chaos
+    from liverlab.data.layout import list_cases
 
     out = import_chaos(args.root, args.out, args.modality, case_id=args.case_id)
     print(f"imported CHAOS {args.modality} from {args.root} into {out} ({len(list_cases(out))} case(s) in the dataset now)")

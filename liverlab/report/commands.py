@@ -10,11 +10,10 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from liverlab.report.source import resolve_sweep  # stdlib only: does not slow --help
-
 
 def _report(args: argparse.Namespace) -> int:
     from liverlab.report.markdown import make_report
+    from liverlab.report.source import resolve_sweep
 
     ref = resolve_sweep(args.sweep, args.tracking_uri)
     out = Path(args.out) if args.out else ref.default_out
