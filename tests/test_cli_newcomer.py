@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -31,6 +33,30 @@ def test_every_data_and_export_option_has_help() -> None:
     missing = [m for cmd in ("data", "export", "show-config", "validate") for m in _missing_help(subs.choices[cmd], [cmd])]
     assert missing == []
     assert "first steps" in (parser.epilog or "")
+
+
+# Run in a fresh interpreter: this test process has long imported everything.
+_HELP_IMPORTS = """
+import sys
+from liverlab.cli import main
+for argv in (["--help"], ["sweep", "--help"], ["data", "import-nifti", "--help"], ["report", "--help"]):
+    try:
+        main(argv)
+    except SystemExit:
+        pass
+print(" ".join(sorted({m.split(".")[0] for m in sys.modules})), file=sys.stderr)
+"""
+
+
+def test_help_imports_no_heavy_library() -> None:
+    """`liverlab --help` stays instant: no torch, ray or mlflow, nor the nibabel / polars / matplotlib the
+    command modules promise to load only when a command runs (liverlab/*/commands.py)."""
+    done = subprocess.run([sys.executable, "-c", _HELP_IMPORTS], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "usage: liverlab" in done.stdout and "liverlab sweep" in done.stdout
+    loaded = set(done.stderr.split())
+    assert "liverlab" in loaded
+    assert loaded & {"torch", "ray", "mlflow", "nibabel", "polars", "matplotlib"} == set()
 
 
 def test_inspect_shows_ct_and_mri_of_a_phantom_folder(phantom_root: Path, tmp_path: Path, capsys) -> None:

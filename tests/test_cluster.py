@@ -36,7 +36,9 @@ from mlflow.tracking import MlflowClient
 from conftest import TINY
 from liverlab.cli import main
 from liverlab.errors import LiverlabError
-from liverlab.sweep.doctor import FAIL, OK, quick_check, run_doctor
+from liverlab.sweep.doctor import run_doctor
+from liverlab.sweep.doctor_table import FAIL, OK
+from liverlab.sweep.preflight import quick_check
 from liverlab.sweep.runner import SWEEP_FILE, SweepOptions, run_sweep
 
 

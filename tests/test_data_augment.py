@@ -8,7 +8,7 @@ import torch
 
 from liverlab.config import AugmentConfig, config_from_dict
 from liverlab.data.augment import FLIP_AXES, INTENSITY_OPS, Augment, RandomRange, bias_field, gaussian_blur
-from liverlab.data.cache import normalise
+from liverlab.data.preprocess import normalise
 from liverlab.data.phantoms import make_patient
 from liverlab.errors import LiverlabError
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from data_helpers import tiny_phantoms
 
-from liverlab.data.cache import load_slices, normalise, select_slices
+from liverlab.data.cache import load_slices
+from liverlab.data.preprocess import normalise, select_slices
 from liverlab.data.manifest import assign_splits, read_manifest
 from liverlab.data.nifti import load_volume
 from liverlab.errors import LiverlabError

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from liverlab.data.cache import SliceSet, centre_fit, from_spacing, load_slices, to_spacing
+from liverlab.data.cache import SliceSet, load_slices
+from liverlab.data.preprocess import centre_fit, from_spacing, to_spacing
 
 
 def _disc_volume(path: Path, n: int, spacing: float, diameter_mm: float, modality: str) -> None:

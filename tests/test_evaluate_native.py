@@ -130,7 +130,7 @@ def _one_hot(masks: np.ndarray) -> np.ndarray:
 
 
 def test_to_native_inverts_the_spacing_crop_exactly():
-    from liverlab.data.cache import to_spacing
+    from liverlab.data.preprocess import to_spacing
     from liverlab.train.evaluate import to_native
 
     # 40 x 40 slice at 1 mm, cached at 1 mm per pixel into 32 x 32: a centre crop of 4 px per side.
@@ -146,7 +146,7 @@ def test_to_native_inverts_the_spacing_crop_exactly():
 
 
 def test_to_native_roundtrip_of_a_phantom_label(phantom_root):
-    from liverlab.data.cache import axial_slices, resize_slices, to_spacing
+    from liverlab.data.preprocess import axial_slices, resize_slices, to_spacing
     from liverlab.metrics import iou
     from liverlab.train.evaluate import to_native
 

@@ -109,7 +109,8 @@ def test_object_storage_without_a_tracking_server_is_refused(tmp_path, phantom_r
 
 
 def test_doctor_probes_object_storage(s3_endpoint):
-    from liverlab.sweep.doctor import FAIL, OK, _object_store_check
+    from liverlab.sweep.doctor import _object_store_check
+    from liverlab.sweep.doctor_table import FAIL, OK
 
     good = _object_store_check(f"s3://liverlab/doctor?endpoint_override={s3_endpoint}&scheme=http&region=us-east-1", "a" * 32)
     assert good.verdict == OK

@@ -22,7 +22,7 @@ _EXPORTS: dict[str, str] = {
     "generate_phantoms": "phantoms",
     "ensure_phantoms": "phantoms",
     "make_patient": "phantoms",
-    # importers.py
+    # importers.py, chaos.py
     "import_chaos": "chaos",
     "import_chaos_ct": "chaos",
     "import_nifti": "importers",

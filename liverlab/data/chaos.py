@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from liverlab.data import layout
-from liverlab.data.importers import _canonical, _commit, _prepare_out, _save_case, _staged
 from liverlab.data.progress import track
+from liverlab.data.staging import canonical, commit, prepare_out, save_case, staged
 from liverlab.errors import LiverlabError
 
 #: Relative tolerance on slice steps: CHAOS positions are exact to 0.01 mm.
@@ -258,19 +258,19 @@ def import_chaos(
             raise LiverlabError(f"{root}: --case-id needs exactly one patient, found {len(patients)}")
         names = [(layout.check_case_id(case_id), layout.check_case_id(case_id))]
     out = Path(out)
-    known = _prepare_out(out, target, [c for c, _ in names])
+    known = prepare_out(out, target, [c for c, _ in names])
     liver = None if modality == "ct" else MR_LIVER_RANGE
     many = len(patients) > 1
-    with _staged(out) as stage:
+    with staged(out) as stage:
         items = list(zip(patients, names))
         for p, (case, patient_id) in track(items, f"import {modality}", total=len(items), enabled=progress and many):
             image, mask, affine = read_series(p.dicom_dir, p.ground_dir, liver, progress=progress and not many)
             if not mask.any():
                 raise LiverlabError(f"{p.ground_dir}: no liver pixels in any mask")
-            image, mask, affine = _canonical(image, mask, affine)
-            _save_case(stage, case, image, mask, affine)
+            image, mask, affine = canonical(image, mask, affine)
+            save_case(stage, case, image, mask, affine)
             known[case] = patient_id
-        _commit(out, stage, target, known, [c for c, _ in names])
+        commit(out, stage, target, known, [c for c, _ in names])
     return out
 
 

@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from liverlab.data.cache import SliceSet
+from liverlab.data.context import context_rows
 from liverlab.errors import LiverlabError
 
 AugmentFn = Callable[[torch.Tensor, "torch.Tensor | None"], "tuple[torch.Tensor, torch.Tensor | None]"]
@@ -42,8 +43,6 @@ class SegmentationSlices(Dataset):
     """
 
     def __init__(self, slice_set: SliceSet, augment: AugmentFn | None = None, context: int = 0) -> None:
-        from liverlab.data.context import context_rows
-
         self.slices = slice_set
         self.augment = augment
         self.rows = context_rows(slice_set.case_ids, slice_set.slice_index, context) if context > 0 else None

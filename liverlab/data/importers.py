@@ -1,8 +1,8 @@
 """Importers: other layouts -> liverlab's nnU-Net folders (canonical RAS+, liver = 1).
 
 * ``import_nifti``: image/label NIfTI pairs matched by case id, keeping one label value.
-* the CHAOS release (DICOM + PNG masks) lives in ``chaos.py`` and uses the
-  shared staging helpers below.
+* the CHAOS release (DICOM + PNG masks) lives in ``chaos.py``; both use the
+  staging steps of ``staging.py``.
 * ``ensure_imported``: run configured imports into an empty folder on first
   use (``data.import``), under a file lock.
 
@@ -14,12 +14,11 @@ leaves ``out`` as it was.
 
 from __future__ import annotations
 
-import contextlib
 import glob as _glob
 import os
 import re
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,75 +26,11 @@ import numpy as np
 
 from liverlab.data import layout
 from liverlab.data.atomic import staging_dir
+from liverlab.data.chaos import import_chaos
+from liverlab.data.nifti import load_volume
 from liverlab.data.progress import track
+from liverlab.data.staging import commit, prepare_out, save_case, staged
 from liverlab.errors import LiverlabError
-
-# ----------------------------------------------------------------------------- shared
-
-
-def _prepare_out(out: Path, modality: str, new_cases: list[str]) -> dict[str, str]:
-    """Check ``out`` can take ``new_cases``; return its current case -> patient map."""
-    patients: dict[str, str] = {}
-    if (out / layout.DATASET_JSON).is_file():
-        have = layout.dataset_modality(out)
-        if have != modality:
-            raise LiverlabError(f"{out}: holds {have} cases; cannot add {modality} cases to it")
-        existing = {case for case, _, _ in layout.list_cases(out)}
-        patients = {case: layout.patients_of(out).get(case, case) for case in existing}
-        clash = sorted(existing & set(new_cases))
-        if clash:
-            raise LiverlabError(f"{out}: case(s) already present: {', '.join(clash)} (choose another case id)")
-    elif (out / layout.IMAGES).is_dir() and any((out / layout.IMAGES).iterdir()):
-        raise LiverlabError(f"{out}: has {layout.IMAGES}/ but no {layout.DATASET_JSON}; not a dataset this tool wrote")
-    return patients
-
-
-@contextlib.contextmanager
-def _staged(out: Path) -> Iterator[Path]:
-    """A staging folder inside ``out``; if ``out`` was created here and the import fails, remove it."""
-    created = not out.exists()
-    try:
-        with staging_dir(out, prefix=".import-") as stage:
-            yield stage
-    except BaseException:
-        if created and out.is_dir() and not any(out.iterdir()):
-            out.rmdir()
-        raise
-
-
-def _commit(out: Path, stage: Path, modality: str, patients: dict[str, str], cases: list[str]) -> None:
-    """Move staged cases into ``out``, then write dataset.json and the manifest."""
-    from liverlab.data.manifest import build_manifest
-
-    (out / layout.IMAGES).mkdir(parents=True, exist_ok=True)
-    (out / layout.LABELS).mkdir(parents=True, exist_ok=True)
-    for case in cases:
-        # Label first: list_cases keys on images, so a case is visible only once complete.
-        os.replace(layout.label_path(stage, case), layout.label_path(out, case))
-        os.replace(layout.image_path(stage, case), layout.image_path(out, case))
-    layout.write_dataset_json(out, modality, patients)
-    build_manifest(out)
-
-
-def _save_case(stage: Path, case: str, image: np.ndarray, label: np.ndarray, affine: np.ndarray) -> None:
-    from liverlab.data.nifti import compact_dtype, save_volume
-
-    (stage / layout.IMAGES).mkdir(parents=True, exist_ok=True)
-    (stage / layout.LABELS).mkdir(parents=True, exist_ok=True)
-    save_volume(layout.image_path(stage, case), image, affine, dtype=compact_dtype(image))
-    save_volume(layout.label_path(stage, case), label, affine, dtype=np.uint8)
-
-
-def _canonical(image: np.ndarray, label: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Reorient arrays + affine to RAS+ (the same transform nibabel.as_closest_canonical applies)."""
-    import nibabel as nib
-
-    img = nib.Nifti1Image(image, affine)
-    canon = nib.as_closest_canonical(img)
-    ornt = nib.orientations.io_orientation(affine)
-    lab = nib.orientations.apply_orientation(label, ornt)
-    return np.asarray(canon.dataobj), np.ascontiguousarray(lab), np.asarray(canon.affine)
-
 
 # ----------------------------------------------------------------------------- NIfTI pairs
 
@@ -170,8 +105,6 @@ def import_nifti(
     is validated (shape/affine match, finite voxels, some liver) before it is
     written; all are reoriented to RAS+. Appends to an existing dataset.
     """
-    from liverlab.data.nifti import load_volume
-
     layout.check_modality(modality)
     if not 0 < int(liver_label) <= 255:
         raise LiverlabError(f"--liver-label must be in 1..255, got {liver_label}")
@@ -180,8 +113,8 @@ def import_nifti(
     cases = {f"{modality}_{cid}": pair for cid, pair in pairs.items()}
     for case in cases:
         layout.check_case_id(case)
-    patients = _prepare_out(out, modality, list(cases))
-    with _staged(out) as stage:
+    patients = prepare_out(out, modality, list(cases))
+    with staged(out) as stage:
         for case, (img_path, lab_path) in track(list(cases.items()), f"import {modality}", total=len(cases), enabled=progress):
             vol = load_volume(img_path, lab_path)
             assert vol.label is not None
@@ -189,9 +122,9 @@ def import_nifti(
             if not liver.any():
                 values = sorted(int(v) for v in np.unique(vol.label))
                 raise LiverlabError(f"{lab_path}: no voxels with liver label {liver_label} (values present: {values})")
-            _save_case(stage, case, vol.image, liver, vol.affine)
+            save_case(stage, case, vol.image, liver, vol.affine)
             patients[case] = case
-        _commit(out, stage, modality, patients, list(cases))
+        commit(out, stage, modality, patients, list(cases))
     return out
 
 
@@ -209,8 +142,6 @@ def run_import(spec: Mapping[str, Any], out: str | Path, progress: bool = False)
     if kind == "nifti":
         return import_nifti(spec["images"], spec["labels"], spec["modality"], int(spec["liver_label"]), out, progress)
     if kind == "chaos":
-        from liverlab.data.chaos import import_chaos
-
         return import_chaos(spec["root"], out, spec["modality"], progress=progress)
     raise LiverlabError(f"data.import: unknown kind {kind!r} (nifti or chaos)")
 

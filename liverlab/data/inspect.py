@@ -15,6 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from liverlab.data.atomic import write_with
+from liverlab.data.layout import DATASET_JSON, dataset_modality
+from liverlab.data.manifest import ensure_manifest
+from liverlab.data.nifti import file_orientation, load_volume
+from liverlab.data.preprocess import display_slice
 from liverlab.errors import LiverlabError
 
 
@@ -35,9 +39,6 @@ class CaseInfo:
 
 def case_table(dataset_dir: str | Path) -> list[CaseInfo]:
     """Gather the inspect table (reads every volume once for its intensity range)."""
-    from liverlab.data.manifest import ensure_manifest
-    from liverlab.data.nifti import file_orientation, load_volume
-
     root = Path(dataset_dir)
     out = []
     for r in ensure_manifest(root).iter_rows(named=True):
@@ -62,8 +63,6 @@ def print_table(dataset_dir: str | Path, rows: list[CaseInfo]) -> None:
     """Print ``rows`` as a rich table."""
     from rich.console import Console
     from rich.table import Table
-
-    from liverlab.data.layout import dataset_modality
 
     table = Table(title=f"{dataset_dir} ({dataset_modality(dataset_dir)}, {len(rows)} cases)")
     for col in ("case", "patient", "shape", "spacing mm", "file orient.", "intensity", "liver %", "split"):
@@ -91,11 +90,6 @@ def montage(dataset_dir: str | Path, png: str | Path, max_cases: int = 4, per_ca
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-
-    from liverlab.data.cache import display_slice
-    from liverlab.data.layout import dataset_modality
-    from liverlab.data.manifest import ensure_manifest
-    from liverlab.data.nifti import load_volume
 
     root = Path(dataset_dir)
     modality = dataset_modality(root)
@@ -135,8 +129,6 @@ def montage(dataset_dir: str | Path, png: str | Path, max_cases: int = 4, per_ca
 
 def dataset_folders(folder: str | Path) -> list[Path]:
     """``[folder]`` when it is a dataset, else its sub-folders that are (``ct/`` and ``mri/`` of phantoms)."""
-    from liverlab.data.layout import DATASET_JSON
-
     root = Path(folder)
     if not root.is_dir():
         raise LiverlabError(f"{root}: no such folder")
@@ -153,8 +145,6 @@ def dataset_folders(folder: str | Path) -> list[Path]:
 
 def require_one_dataset(folder: str | Path, what: str = "DIR") -> Path:
     """``folder`` if it is one dataset; a folder of datasets (``ct/``, ``mri/``) is an error naming them."""
-    from liverlab.data.layout import DATASET_JSON
-
     root = Path(folder)
     if root.is_dir() and not (root / DATASET_JSON).is_file():
         subs = [p.name for p in sorted(root.iterdir()) if p.is_dir() and (p / DATASET_JSON).is_file()]

@@ -20,6 +20,8 @@ import numpy as np
 
 from liverlab.data import layout
 from liverlab.data.atomic import sha256_file, sha256_json, write_with
+from liverlab.data.nifti import load_volume
+from liverlab.data.progress import track
 from liverlab.errors import LiverlabError
 
 if TYPE_CHECKING:
@@ -58,8 +60,6 @@ def _stat(path: Path) -> tuple[int, int]:
 
 def _case_row(root: Path, case: str, patient: str, modality: str, image: Path, label: Path) -> dict[str, Any]:
     """Read and hash one case (the expensive path)."""
-    from liverlab.data.nifti import load_volume
-
     vol = load_volume(image, label)
     assert vol.label is not None
     isize, imtime = _stat(image)
@@ -93,8 +93,6 @@ def build_manifest(dataset_dir: str | Path, progress: bool = False) -> pl.DataFr
     ``liverlab data split`` runs.
     """
     import polars as pl
-
-    from liverlab.data.progress import track
 
     root = Path(dataset_dir)
     modality = layout.dataset_modality(root)

@@ -33,6 +33,8 @@ import numpy as np
 
 from liverlab.data import layout
 from liverlab.data.atomic import staging_dir, write_json_atomic
+from liverlab.data.manifest import build_manifest
+from liverlab.data.nifti import save_volume
 from liverlab.data.progress import track
 from liverlab.errors import LiverlabError
 
@@ -232,8 +234,6 @@ def _check_params(patients: int, size: int, slices: int) -> None:
 
 def _write_dataset(root: Path, patients: int, size: int, slices: int, seed: int, progress: bool) -> None:
     """Render every patient into ``root/ct`` and ``root/mri`` (nnU-Net layout)."""
-    from liverlab.data.nifti import save_volume
-
     for modality in layout.MODALITIES:
         (root / modality / layout.IMAGES).mkdir(parents=True)
         (root / modality / layout.LABELS).mkdir(parents=True)
@@ -261,8 +261,6 @@ def generate_phantoms(
     place at the end, so an interrupted run leaves nothing that looks complete.
     Refuses to overwrite an existing ``out/ct`` or ``out/mri``.
     """
-    from liverlab.data.manifest import build_manifest
-
     _check_params(patients, size, slices)
     out = Path(out)
     for modality in layout.MODALITIES:

@@ -30,6 +30,7 @@ import numpy as np
 
 from liverlab.data import layout
 from liverlab.data.atomic import staging_dir, write_json_atomic
+from liverlab.data.inspect import require_one_dataset
 from liverlab.data.progress import track
 from liverlab.errors import LiverlabError
 
@@ -60,7 +61,6 @@ def dataset_folder_name(dataset_id: int, name: str) -> str:
 
 def _cases(folder: Path, prefix: str, synthetic: bool, modality: str | None) -> tuple[str, list[ExportCase]]:
     what = "--synthetic" if synthetic else "--real"
-    from liverlab.data.inspect import require_one_dataset
 
     if not folder.is_dir():
         raise LiverlabError(f"{what} {folder}: no such folder")

@@ -17,192 +17,43 @@ the nodes' files too. The same token exchange checks the folder of a SQLite
 tracking store; an HTTP tracking server must answer ``GET /health`` from
 every node.
 
-``quick_check`` is the cheap part (resources, storage, tracking; no version
-or data probes), run by ``liverlab sweep`` on multi-node clusters.
+This module is the driver's side: it starts the probes, and judges what they
+return. The code run on each node is ``node_probe.py``; the table and its
+rendering are ``doctor_table.py``. ``preflight.quick_check`` is the cheap part
+(resources, storage, tracking; no version or data probes), run by
+``liverlab sweep`` on multi-node clusters.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
-import socket
-import sys
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from liverlab.errors import LiverlabError
 from liverlab.storage import is_uri, join, read_text, write_text
+from liverlab.sweep.cluster import alive_nodes, connect, node_name
+from liverlab.sweep.doctor_table import FAIL, OK, WARN, Check, render
+from liverlab.sweep.node_probe import (
+    DRIVER_FILE,
+    PROBE_ROOT,
+    data_fingerprint,
+    missing_peers,
+    node_versions,
+    probe_node,
+    tracking_probe,
+)
+from liverlab.tracking.client import sqlite_path
 
-OK, WARN, FAIL = "OK", "WARN", "FAIL"
-PROBE_ROOT = ".liverlab-doctor"
-DRIVER_FILE = "driver.token"
 _DB_PORTS = {"postgresql": 5432, "postgres": 5432, "mysql": 3306, "mssql": 1433}
 
 
-@dataclass(frozen=True)
-class Check:
-    """One line of the doctor's table."""
-
-    check: str
-    where: str
-    verdict: str
-    detail: str
-
-    def line(self) -> str:
-        return f"{self.verdict} {self.check} [{self.where}]: {self.detail}"
-
-
-# ----------------------------------------------------------------------------- node side
-# These functions run inside Ray tasks on every node; they return plain facts
-# (dicts) and the driver judges them, so the verdict logic lives in one place.
-
-
-def _node_file(node_id: str) -> str:
-    return f"node-{node_id}.token"
-
-
-def _probe(spec: dict[str, Any]) -> dict[str, Any]:
-    """Phase 1 on one node: storage write + driver token, tracking, data, versions."""
-    out: dict[str, Any] = {"node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname()}
-    if spec.get("probe_dir"):
-        out["storage"] = _storage_write(Path(spec["probe_dir"]), spec["token"], out["node_id"])
-    if spec.get("tracking"):
-        out["tracking"] = _tracking_probe(spec["tracking"], spec.get("tracking_token"))
-    if spec.get("data"):
-        out["data"] = _data_fingerprint(Path(spec["data"]))
-    if spec.get("versions"):
-        out["versions"] = _versions()
-    return out
-
-
-def _storage_write(probe: Path, token: str, node_id: str) -> dict[str, Any]:
-    storage = probe.parent.parent
-    if not storage.is_dir():
-        return {"ok": False, "error": f"{storage} does not exist on this node"}
-    if not probe.is_dir():  # never create it: that would hide a node-local folder
-        return {"ok": False, "error": f"the driver's probe folder {probe} is not visible here: "
-                                      f"{storage} on this node is not the driver's folder (not shared)"}
-    try:
-        mine = probe / _node_file(node_id)
-        mine.write_text(f"{token}:{node_id}")
-        if mine.read_text() != f"{token}:{node_id}":
-            return {"ok": False, "error": f"wrote {mine} but read back something else"}
-    except OSError as exc:
-        return {"ok": False, "error": f"cannot write in {probe}: {exc}"}
-    try:
-        seen = (probe / DRIVER_FILE).read_text()
-    except OSError as exc:
-        return {"ok": False, "error": f"cannot read the driver's file: {exc}"}
-    if seen != f"{token}:driver":
-        return {"ok": False, "error": "the driver's file has other content here (another folder of the same name?)"}
-    return {"ok": True}
-
-
-def _peers(probe_dir: str, token: str, node_ids: list[str]) -> list[str]:
-    """Phase 2 on one node (and on the driver): which nodes' files are *not* visible."""
-    probe = Path(probe_dir)
-    missing = []
-    for nid in node_ids:
-        try:
-            if (probe / _node_file(nid)).read_text() != f"{token}:{nid}":
-                missing.append(nid)
-        except OSError:
-            missing.append(nid)
-    return missing
-
-
-def _tracking_probe(target: dict[str, Any], token: str | None) -> dict[str, Any]:
-    """Can this process reach the tracking store the trials will write to?"""
-    kind = target["kind"]
-    if kind == "http":
-        import urllib.request
-
-        url = target["uri"].rstrip("/") + "/health"
-        try:
-            with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310 - the user's own server
-                body = resp.read(200).decode(errors="replace").strip()
-                return {"ok": resp.status == 200, "detail": f"GET {url}: {resp.status} {body[:40]}"}
-        except Exception as exc:  # any failure is the finding, not a crash
-            return {"ok": False, "detail": f"GET {url}: {type(exc).__name__}: {exc}"}
-    if kind == "folder":
-        path = Path(target["folder"]) / target["token_file"]
-        try:
-            ok = path.read_text() == token
-            return {"ok": ok, "detail": f"reads the driver's file in {path.parent}" if ok
-                    else f"{path} has other content here (not the driver's folder)"}
-        except OSError:
-            return {"ok": False, "detail": f"does not see the driver's file {path}: "
-                                           f"{path.parent} is not shared with the driver"}
-    if kind == "tcp":
-        try:
-            with socket.create_connection((target["host"], target["port"]), timeout=10):
-                return {"ok": True, "detail": f"TCP {target['host']}:{target['port']} reachable"}
-        except OSError as exc:
-            return {"ok": False, "detail": f"TCP {target['host']}:{target['port']}: {exc}"}
-    return {"ok": None, "detail": f"{target['uri']}: scheme not checked"}
-
-
-def _data_fingerprint(path: Path) -> dict[str, Any]:
-    """Exists? And a cheap digest of its layout (names two levels deep, dataset.json bytes)."""
-    if not path.is_dir():
-        return {"ok": False, "detail": f"{path} is not a folder on this node"}
-    h = hashlib.sha256()
-    count = 0
-    for top in sorted(path.iterdir()):
-        h.update(top.name.encode())
-        if top.is_dir():
-            for sub in sorted(top.iterdir())[:2000]:
-                h.update(sub.name.encode())
-                count += 1
-                if sub.name == "dataset.json":
-                    h.update(sub.read_bytes())
-    return {"ok": True, "digest": h.hexdigest()[:16], "entries": count}
-
-
-def _code_hash() -> str:
-    """Digest of liverlab's own sources: same version string, different code, is caught too."""
-    import liverlab
-
-    root = Path(liverlab.__file__).parent
-    h = hashlib.sha256()
-    for f in sorted(root.rglob("*.py")):
-        h.update(str(f.relative_to(root)).encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()[:12]
-
-
-def _versions() -> dict[str, Any]:
-    import torch
-
-    import liverlab
-
-    return {
-        "liverlab": liverlab.__version__, "code": _code_hash(), "torch": torch.__version__,
-        "python": sys.version.split()[0], "ray": ray.__version__, "cuda_devices": torch.cuda.device_count(),
-    }
-
-
-# ----------------------------------------------------------------------------- driver side
-
-
-def _is_head(node: dict[str, Any]) -> bool:
-    return "node:__internal_head__" in node.get("Resources", {})
-
-
-def alive_nodes() -> list[dict[str, Any]]:
-    """Alive nodes, the head first."""
-    return sorted((n for n in ray.nodes() if n.get("Alive")), key=lambda n: (not _is_head(n), n["NodeID"]))
-
-
-def _node_name(node: dict[str, Any]) -> str:
-    head = ", head" if _is_head(node) else ""
-    return f"node {node['NodeID'][:8]} ({node.get('NodeManagerAddress', '?')}{head})"
+# ----------------------------------------------------------------------------- probes and verdicts
 
 
 def cluster_checks(address: str | None = None) -> list[Check]:
@@ -218,7 +69,7 @@ def cluster_checks(address: str | None = None) -> list[Check]:
                     + ("" if cpus else ": no CPUs, no trial can run"))]
     for n in alive:
         r = n["Resources"]
-        checks.append(Check("node", _node_name(n), OK, f"{r.get('CPU', 0):g} CPU, {r.get('GPU', 0):g} GPU, "
+        checks.append(Check("node", node_name(n), OK, f"{r.get('CPU', 0):g} CPU, {r.get('GPU', 0):g} GPU, "
                                                       f"{r.get('memory', 0) / 2**30:.1f} GiB memory"))
     dead = len(nodes) - len(alive)
     if dead:
@@ -228,8 +79,6 @@ def cluster_checks(address: str | None = None) -> list[Check]:
 
 def _tracking_target(uri: str, probe_token: str) -> tuple[dict[str, Any], Path | None]:
     """How each node checks ``uri``; for folder stores, the token file the driver writes."""
-    from liverlab.tracking.client import sqlite_path
-
     parsed = urlparse(uri)
     scheme = parsed.scheme.split("+")[0]
     if scheme in ("http", "https"):
@@ -249,8 +98,6 @@ def _tracking_target(uri: str, probe_token: str) -> tuple[dict[str, Any], Path |
 
 
 def _pinned(fn: Any, node_id: str) -> Any:
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
     # num_cpus=0: the probe must run even while trials hold every CPU of the node.
     return ray.remote(num_cpus=0, max_retries=0)(fn).options(
         scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False))
@@ -278,7 +125,7 @@ def probe_nodes(storage: str | None, tracking_uri: str | None, data: str | None 
                 versions: bool = False, timeout_s: float = 60.0) -> list[Check]:
     """The per-node checks (storage, tracking, data, versions), one task per alive node."""
     nodes = alive_nodes()
-    names = {n["NodeID"]: _node_name(n) for n in nodes}
+    names = {n["NodeID"]: node_name(n) for n in nodes}
     gpus = {n["NodeID"]: n["Resources"].get("GPU", 0.0) for n in nodes}
     token = uuid.uuid4().hex
     checks: list[Check] = []
@@ -310,29 +157,29 @@ def probe_nodes(storage: str | None, tracking_uri: str | None, data: str | None 
             except OSError as exc:
                 checks.append(Check("tracking", "driver", FAIL, f"cannot write {token_file}: {exc}"))
         spec.update(tracking=target, tracking_token=token)
-        tr = _tracking_probe(target, token)
+        tr = tracking_probe(target, token)
         checks.append(Check("tracking", "driver", _verdict(tr["ok"]), tr["detail"]))
     driver: dict[str, Any] = {}
     if data:
-        driver["data"] = _data_fingerprint(Path(data))
+        driver["data"] = data_fingerprint(Path(data))
         d = driver["data"]
         checks.append(Check("data", "driver", OK if d["ok"] else FAIL,
                             f"{data}: {d['entries']} entries" if d["ok"] else d["detail"]))
     if versions:
-        driver["versions"] = v = _versions()
+        driver["versions"] = v = node_versions()
         checks.append(Check("versions", "driver", OK, f"liverlab {v['liverlab']} (code {v['code']}), "
                                                       f"torch {v['torch']}, python {v['python']}, ray {v['ray']}"))
     first: dict[str, Any] = {}
     peers: dict[str, Any] = {}
     writers: list[str] = []
     try:
-        first = _gather({nid: _pinned(_probe, nid).remote(spec) for nid in names}, timeout_s)
+        first = _gather({nid: _pinned(probe_node, nid).remote(spec) for nid in names}, timeout_s)
         writers = [nid for nid, r in first.items() if isinstance(r, dict) and r.get("storage", {}).get("ok")]
         if probe is not None and writers:
             # Second round: every node (and the driver) reads back what the others wrote.
-            refs = {nid: _pinned(_peers, nid).remote(str(probe), token, writers) for nid in writers}
+            refs = {nid: _pinned(missing_peers, nid).remote(str(probe), token, writers) for nid in writers}
             peers = _gather(refs, timeout_s)
-            missing = _peers(str(probe), token, writers)
+            missing = missing_peers(str(probe), token, writers)
             checks.append(Check("storage", "driver", FAIL if missing else OK,
                                 f"wrote {probe.parent.parent}; reads the files of {len(writers) - len(missing)}"
                                 f"/{len(writers)} node(s)"
@@ -422,8 +269,6 @@ def tracking_notes(tracking_uri: str | None, n_nodes: int) -> list[Check]:
 def run_doctor(address: str | None = None, storage: str | None = None, tracking_uri: str | None = None,
                data: str | None = None, timeout_s: float = 60.0) -> list[Check]:
     """Every check, in table order (connects to ``address`` or $RAY_ADDRESS, else a local Ray)."""
-    from liverlab.sweep.runner import connect
-
     connect(address)
     checks = cluster_checks(address)
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or None
@@ -446,45 +291,6 @@ def _object_store_check(storage: str, token: str) -> Check:
     return Check("storage", "driver", OK if ok else FAIL,
                  f"{storage}: probe object written and read back (checked from the driver; nodes need the same "
                  "credentials)" if ok else f"{storage}: probe object read back differently")
-
-
-def quick_check(storage: str, tracking_uri: str | None, timeout_s: float = 60.0) -> list[Check]:
-    """The sweep's preflight: resources + storage + tracking from every node; raises on any FAIL.
-
-    Skipped (returns []) on a single node, where the driver's disk is the
-    nodes' disk. Version and data probes are left to ``liverlab doctor``.
-    """
-    if len(alive_nodes()) <= 1:
-        return []
-    checks = cluster_checks() + probe_nodes(storage, tracking_uri, versions=False, timeout_s=timeout_s)
-    checks += tracking_notes(tracking_uri, len(alive_nodes()))
-    fails = [c.line() for c in checks if c.verdict == FAIL]
-    if fails:
-        raise LiverlabError("the cluster is not ready for this sweep (run `liverlab doctor` for details): "
-                            + "; ".join(fails))
-    for c in checks:
-        if c.verdict == WARN:
-            print(f"liverlab: warning: {c.line()}", file=sys.stderr)
-    return checks
-
-
-def render(checks: list[Check], file: Any = None) -> None:
-    """The rich table and a one-line verdict."""
-    from rich.console import Console
-    from rich.table import Table
-
-    style = {OK: "green", WARN: "yellow", FAIL: "bold red"}
-    table = Table(title="liverlab doctor")
-    for col in ("check", "where", "verdict", "detail"):
-        table.add_column(col, overflow="fold")
-    for c in checks:
-        table.add_row(c.check, c.where, f"[{style[c.verdict]}]{c.verdict}[/]", c.detail)
-    out = file or sys.stdout
-    console = Console(file=out, width=None if out.isatty() else 160)
-    console.print(table)
-    n = {v: sum(c.verdict == v for c in checks) for v in (OK, WARN, FAIL)}
-    console.print(f"{n[FAIL]} FAIL, {n[WARN]} WARN, {n[OK]} OK: "
-                  + ("[bold red]NOT ready[/]" if n[FAIL] else "[green]ready[/] for `liverlab sweep`"))
 
 
 def doctor_main(address: str | None, storage: str | None, tracking_uri: str | None, data: str | None,

@@ -17,19 +17,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from liverlab import __version__
 from liverlab.data.atomic import write_bytes_atomic
+from liverlab.data.manifest import manifest_hash, read_manifest
 from liverlab.errors import LiverlabError
+from liverlab.report.markdown import make_report
 from liverlab.storage import filesystem as storage_filesystem
 from liverlab.storage import is_uri, join, write_text
+from liverlab.sweep.cluster import connect
 from liverlab.sweep.display import LiveTable, summarize
+from liverlab.sweep.preflight import preflight, quick_check
 from liverlab.sweep.search import ArmSearcher
-from liverlab.sweep.space import LoadedSpace, load_space
+from liverlab.sweep.space import LoadedSpace, arm_id, load_space
 from liverlab.sweep.trainable import META, run_trial
+from liverlab.tracking.client import resolve_tracking_uri
+from liverlab.tracking.writer import finish_sweep_run, git_tags, open_sweep_run
 
 SWEEP_FILE = "liverlab_sweep.json"
 
@@ -63,44 +68,6 @@ def _apply_cli(loaded: LoadedSpace, opts: SweepOptions) -> LoadedSpace:
     return LoadedSpace(loaded.path, space, loaded.base_raw, loaded.base_path)
 
 
-def connect(address: str | None, num_cpus: int | None = None) -> None:
-    """Join ``address`` (or $RAY_ADDRESS), else start a local Ray; reuse one already up."""
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        try:
-            ray.init(address=address, log_to_driver=False)
-        except ConnectionError as err:  # Ray's message does not say that a missing token is the usual cause
-            mode = os.environ.get("RAY_AUTH_MODE", "unset")
-            raise LiverlabError(
-                f"cannot connect to the Ray cluster at {address}: {err}. If the cluster was started with "
-                f"`ray start` (token authentication is on by default), set RAY_AUTH_MODE=token (now: {mode}) and "
-                "give this machine the cluster's token (~/.ray/auth_token, $RAY_AUTH_TOKEN_PATH or $RAY_AUTH_TOKEN); "
-                "see docs/cluster.md"
-            ) from None
-    else:  # never a bare ray.init(): it may attach to a cluster started elsewhere
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
-
-
-def preflight(loaded: LoadedSpace) -> dict[str, float]:
-    """Refuse trials the cluster can never place, instead of letting them pend forever."""
-    res = loaded.space.resources
-    total = ray.cluster_resources()
-    gpus, cpus = total.get("GPU", 0.0), total.get("CPU", 0.0)
-    if res.gpu > 0 and gpus < res.gpu:
-        raise LiverlabError(
-            f"{loaded.path}: resources.gpu: trials ask for {res.gpu} GPU but the Ray cluster has {gpus:g}; "
-            "set resources.gpu: 0 (or --set is not enough: edit the space) or connect to a cluster with GPUs (--address)"
-        )
-    per_node = max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=0.0)
-    if res.cpu > per_node:
-        raise LiverlabError(
-            f"{loaded.path}: resources.cpu: trials ask for {res.cpu:g} CPUs but the largest node has {per_node:g}"
-        )
-    return {"CPU": cpus, "GPU": gpus}
-
-
 def dry_run_text(loaded: LoadedSpace) -> str:
     s = loaded.space
     arms = loaded.arms()
@@ -110,7 +77,6 @@ def dry_run_text(loaded: LoadedSpace) -> str:
         f"  base experiment: {loaded.base_path} (stage {cfg.stage})",
         f"  arms ({len(arms)}):",
     ]
-    from liverlab.sweep.space import arm_id
 
     for arm in arms:
         active = loaded.active_params(arm)
@@ -141,9 +107,6 @@ def _storage_root(opts: SweepOptions) -> str:
 
 def run_sweep(opts: SweepOptions) -> int:
     """Run (or resume) a sweep; exit code 0, or 1 when every trial failed."""
-    from liverlab.tracking.client import resolve_tracking_uri
-    from liverlab.tracking.writer import finish_sweep_run, git_tags, open_sweep_run
-
     loaded = _apply_cli(load_space(opts.space, opts.set), opts)
     if opts.dry_run:
         print(dry_run_text(loaded))
@@ -176,8 +139,6 @@ def run_sweep(opts: SweepOptions) -> int:
     preflight(loaded)
     uri = resolve_tracking_uri(opts.tracking_uri, local_dir)
     if ray_fs is None:  # multi-node only: every node must see the shared folder and the tracking store
-        from liverlab.sweep.doctor import quick_check
-
         quick_check(storage=sweep_loc, tracking_uri=uri)
     sweep_key = hashlib.sha256(sweep_loc.encode()).hexdigest()[:16]
     repo_tags = git_tags(Path(loaded.path).parent)
@@ -276,18 +237,12 @@ def _write_sweep_file(sweep_loc: str, local_dir: Path, text: str) -> None:
 def _data_hash(config: Any) -> str:
     """Manifest hash of the MRI data the U-Net is judged on (best effort before it exists)."""
     try:
-        from liverlab.data.manifest import manifest_hash, read_manifest
-
         return manifest_hash(read_manifest(config.data.mri_dir))
     except Exception:  # phantoms not generated yet: the hash is set once they are
         return "pending"
 
 
 def _report(uri: str, parent_run_id: str, sweep_dir: Path, baseline: str | None) -> None:
-    try:
-        from liverlab.report.markdown import make_report
-    except ImportError:
-        return
     try:
         out = make_report(uri, parent_run_id=parent_run_id, baseline=baseline, out=sweep_dir / "report")
         print(f"report: {out}")

@@ -18,9 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from liverlab.config import (
     ExperimentConfig,
-    _format_error,
     config_from_dict,
     config_paths,
+    format_validation_error,
     parse_override,
     read_yaml,
 )
@@ -178,7 +178,7 @@ def load_space(path: str | Path, extra_set: list[str] | None = None) -> LoadedSp
     try:
         space = SearchSpace.model_validate(raw)
     except ValidationError as err:
-        raise LiverlabError(_format_error(str(path), err)) from None
+        raise LiverlabError(format_validation_error(str(path), err)) from None
 
     known = config_paths()
     for section, keys in (("set", space.set), ("arms", space.arms), ("params", space.params)):

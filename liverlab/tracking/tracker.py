@@ -47,7 +47,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from liverlab.config import flatten
+from liverlab._flatten import flatten
 from liverlab.tracking.client import retry_locked
 
 if TYPE_CHECKING:  # pragma: no cover - typing only

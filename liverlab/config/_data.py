@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
-from liverlab._config_base import _Strict
+from liverlab.config._base import _Strict
 
 
 class PhantomConfig(_Strict):

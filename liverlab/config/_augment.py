@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from liverlab._config_base import _Strict
+from liverlab.config._base import _Strict
 
 
 class RandomRangeConfig(_Strict):
