@@ -189,9 +189,12 @@ def run_sweep(opts: SweepOptions) -> int:
         single = len(s.objectives) == 1
         objective = s.objectives[0]
         if s.scheduler.type == "asha":
+            # stop_last_trials=False: Ray's default stops every trial at max_t, i.e. at the U-Net's last
+            # report, before its test evaluation and best.pt; the trial ends by itself after it.
             scheduler: Any = ASHAScheduler(
                 time_attr="training_iteration", max_t=loaded.max_t(first),
                 grace_period=s.scheduler.grace_period, reduction_factor=s.scheduler.reduction_factor,
+                stop_last_trials=False,
             )
         else:
             scheduler = FIFOScheduler()
