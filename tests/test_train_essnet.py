@@ -101,6 +101,21 @@ def test_checkpoint_loads_weights_only_and_resume_continues(phantom_root, tmp_pa
     assert [m["epoch"] for m in resumed.metrics] == [3]
 
 
+def test_learning_rate_is_constant_then_decays_linearly_per_epoch(phantom_root, tmp_path):
+    """CycleGAN's schedule: lr for `epochs`, then 1 - k/(decay_epochs + 1) in the k-th decay epoch."""
+    config = tiny_config(phantom_root, **{"essnet.epochs": 1, "essnet.decay_epochs": 2, "essnet.steps_per_epoch": 2,
+                                          "essnet.reference_steps": 0})
+    lrs: list[float] = []
+
+    def report(metrics: dict, checkpoint: str | None = None) -> None:
+        optim = load_checkpoint(checkpoint)["optim"]  # the rate of the epoch's last step, for all three optimisers
+        lrs.append({o["param_groups"][0]["lr"] for o in optim.values()})
+
+    train_essnet(config, report, None, tmp_path)
+    lr = config.essnet.optim.lr
+    assert lrs == [{lr}, {lr * (1 - 1 / 3)}, {lr * (1 - 2 / 3)}]
+
+
 def test_every_arm_is_judged_by_the_same_reference_segmenter(phantom_root, tmp_path):
     """val/shape_dice comes from a frozen real-MRI U-Net, so CycleGAN and EssNet compare."""
     from liverlab.train.reference import reference_key

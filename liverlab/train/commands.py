@@ -77,18 +77,10 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def run_experiment(cfg: Any, out: Path, tracker: Any = None) -> dict[str, float]:
-    """Dispatch on ``cfg.stage``; used by ``liverlab train`` (interactive progress bars)."""
-    if cfg.stage == "essnet":
-        from liverlab.train.essnet import train_essnet
+    """Run ``cfg.stage`` in ``out`` with interactive progress bars (``liverlab train``)."""
+    from liverlab.train.stages import run_stage
 
-        return train_essnet(cfg, tracker=tracker, workdir=out, progress=True)
-    if cfg.stage == "unet":
-        from liverlab.train.unet import train_unet
-
-        return train_unet(cfg, tracker=tracker, workdir=out, progress=True)
-    from liverlab.train.pipeline import run_pipeline
-
-    return run_pipeline(cfg, tracker=tracker, workdir=out, cache_root=out / "cache", progress=True)
+    return run_stage(cfg, None, tracker, out, cache_root=out / "cache", progress=True)
 
 
 def _print_metrics(metrics: dict[str, float], title: str) -> None:

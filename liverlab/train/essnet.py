@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from liverlab.config import EssNetConfig, ExperimentConfig, dump_config
+from liverlab.config import EssNetConfig, ExperimentConfig
 from liverlab.losses import cycle_loss, dice_ce_loss, identity_loss, lsgan_loss
 from liverlab.models import discriminator_from_config, generator_from_config, segmenter_from_config
 from liverlab.train import common
@@ -179,13 +179,13 @@ def essnet_train_step(
     return losses
 
 
-def _state(net: EssNet, opt: dict[str, torch.optim.Optimizer], scheds: list[Any], epoch: int, cfg: ExperimentConfig) -> dict[str, Any]:
+def _state(net: EssNet, opt: dict[str, torch.optim.Optimizer], epoch: int, it: int, cfg: ExperimentConfig) -> dict[str, Any]:
     return {
         "kind": "essnet",
-        "epoch": epoch,
+        "epoch": epoch,  # what a resume reads: training restarts at the first step of the next epoch
+        "iteration": it,
         "model": net.state_dict(),
         "optim": {k: o.state_dict() for k, o in opt.items()},
-        "sched": [s.state_dict() for s in scheds],
         "config": cfg.model_dump(mode="json"),
         "rng": common.rng_state(),
     }
@@ -200,80 +200,73 @@ def train_essnet(
 ) -> dict[str, float]:
     """Train EssNet (or CycleGAN when ``lambda_seg = 0``); return the last epoch's metrics.
 
-    Resumes from ``workdir/checkpoint`` when a previous attempt left one.
+    An epoch is ``steps`` iterations (``essnet.steps_per_epoch``, else
+    max(|CT|, |MRI|) / batch) and is the validation round: validation, panel,
+    checkpoint and report every ``steps`` iterations. Resumes from
+    ``workdir/checkpoint`` when a previous attempt left one.
     """
-    from liverlab.tracking.writer import NullTracker
     from liverlab.train.essnet_data import EssNetData
-    from liverlab.train.visual import essnet_panel
-    from liverlab.train.progress import EpochProgress
-
-    tracker = tracker or NullTracker()
-    cfg = config.effective_essnet()
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    common.seed_everything(config.seed)
-    device = common.select_device(config.device)
-    data = EssNetData(config)
+    from liverlab.train.progress import IterationProgress
     from liverlab.train.reference import judge_scores, reference_segmenter
+    from liverlab.train.visual import essnet_panel
 
+    cfg = config.effective_essnet()
+    run = common.start_run(config, tracker, workdir, kind="essnet")
+    tracker, workdir, device = run.tracker, run.workdir, run.device
+    data = EssNetData(config)
     judge = reference_segmenter(config, device)  # same judge of shape preservation in every arm
     judge_metrics = judge_scores(config) if judge is not None else {}
-
     net = EssNet(cfg).to(device)
     if config.channels_last:
         net = net.to(memory_format=torch.channels_last)
     opt = build_optimizers(net, cfg)
-    total_epochs = cfg.epochs + cfg.decay_epochs
-    scheds = [torch.optim.lr_scheduler.LambdaLR(o, common.linear_decay(cfg.epochs, cfg.decay_epochs)) for o in opt.values()]
     pools = {"mri": ImagePool(cfg.pool_size, config.seed), "ct": ImagePool(cfg.pool_size, config.seed + 1)}
-
-    start_epoch = 0
-    resume = common.find_resume(workdir)
-    if resume is not None and resume.get("kind") == "essnet":
-        net.load_state_dict(resume["model"])
+    steps = data.steps_per_epoch(cfg.batch_size, cfg.steps_per_epoch)  # iterations per epoch
+    iterations = (cfg.epochs + cfg.decay_epochs) * steps
+    start = 0
+    if run.resume is not None:
+        net.load_state_dict(run.resume["model"])
         for k, o in opt.items():
-            o.load_state_dict(resume["optim"][k])
-        start_epoch = int(resume["epoch"])
-        common.set_rng_state(resume["rng"])
-        for s, sd in zip(scheds, resume["sched"]):
-            s.load_state_dict(sd)
-    else:
-        tracker.log_params(config.model_dump(mode="json"))
-        tracker.log_text(dump_config(config), "config.yaml")
+            o.load_state_dict(run.resume["optim"][k])
+        start = int(run.resume["epoch"]) * steps
+        common.set_rng_state(run.resume["rng"])
 
-    steps = data.steps_per_epoch(cfg.batch_size, cfg.steps_per_epoch)  # max(|CT|, |MRI|) / batch by default
+    bar = IterationProgress("essnet", iterations, enabled=progress, per_epoch=steps)
+    batches = data.batches(start // steps, steps, cfg.batch_size)
     metrics: dict[str, float] = {}
-    bar = EpochProgress("essnet", total_epochs, steps, enabled=progress)
-    for epoch in range(start_epoch, total_epochs):
-        net.train()
-        sums: dict[str, float] = {}
-        t0 = time.perf_counter()
-        for i, batch in enumerate(data.train_batches(epoch, steps, cfg.batch_size)):
-            ct, ct_mask, mri = (batch[k].to(device, non_blocking=True) for k in ("ct", "ct_mask", "mri"))
-            losses = essnet_train_step(net, opt, pools, cfg, ct, ct_mask, mri, common.autocast(device, config.precision))
-            common.check_finite(losses, f"essnet epoch {epoch + 1} step {i + 1}")
-            for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + v
-            bar.step(epoch, i + 1, losses.get("train/loss_g", 0.0))
-        for s in scheds:
-            s.step()
-        train_time = time.perf_counter() - t0
-        metrics = {k: v / steps for k, v in sums.items()}
-        t1 = time.perf_counter()
-        metrics.update(validate_essnet(net, data, device, config.precision, judge))
-        if "val/shape_dice" in metrics:
-            metrics.update(judge_metrics)  # how far to trust the judge, beside every shape_dice
-        metrics["train/images_per_s"] = steps * cfg.batch_size / max(train_time, 1e-9)
-        metrics["time/train_s"] = train_time
-        metrics["time/val_s"] = time.perf_counter() - t1
-        metrics["epoch"] = epoch + 1
-        tracker.log_metrics(metrics, step=epoch + 1)
-        if data.panel_batch is not None:
-            png = essnet_panel(net, data.panel_batch, device, workdir / "panels" / f"essnet_epoch_{epoch + 1:03d}.png")
-            tracker.log_artifact(png, "panels")
-        ckpt = common.save_checkpoint(workdir, _state(net, opt, scheds, epoch + 1, config))
-        report(dict(metrics), checkpoint=ckpt)
-        bar.epoch_done(epoch, metrics)
+    it, sums, t0 = start, {}, time.perf_counter()
+    net.train()
+    while it < iterations:
+        # CycleGAN's schedule: constant for `epochs`, then linear decay over `decay_epochs`, once per epoch.
+        common.set_lr(opt.values(), cfg.optim.lr * common.lr_factor("linear", it, iterations, hold=cfg.epochs * steps, every=steps))
+        batch = next(batches)
+        ct, ct_mask, mri = (batch[k].to(device, non_blocking=True) for k in ("ct", "ct_mask", "mri"))
+        losses = essnet_train_step(net, opt, pools, cfg, ct, ct_mask, mri, common.autocast(device, config.precision))
+        common.check_finite(losses, f"essnet epoch {it // steps + 1} step {it % steps + 1}")
+        for k, v in losses.items():
+            sums[k] = sums.get(k, 0.0) + v
+        it += 1
+        bar.step(it, losses.get("train/loss_g", 0.0))
+
+        if it % steps == 0:  # the end of an epoch: validate, draw the panel, checkpoint, report
+            epoch = it // steps
+            train_time = time.perf_counter() - t0
+            metrics = {k: v / steps for k, v in sums.items()}
+            t1 = time.perf_counter()
+            metrics.update(validate_essnet(net, data, device, config.precision, judge))
+            if "val/shape_dice" in metrics:
+                metrics.update(judge_metrics)  # how far to trust the judge, beside every shape_dice
+            metrics["train/images_per_s"] = steps * cfg.batch_size / max(train_time, 1e-9)
+            metrics["time/train_s"] = train_time
+            metrics["time/val_s"] = time.perf_counter() - t1
+            metrics["epoch"] = epoch
+            tracker.log_metrics(metrics, step=epoch)
+            if data.panel_batch is not None:
+                png = essnet_panel(net, data.panel_batch, device, workdir / "panels" / f"essnet_epoch_{epoch:03d}.png")
+                tracker.log_artifact(png, "panels")
+            report(dict(metrics), checkpoint=common.save_checkpoint(workdir, _state(net, opt, epoch, it, config)))
+            bar.report(it, metrics)
+            sums, t0 = {}, time.perf_counter()
     bar.close()
     tracker.flush()
     return metrics
