@@ -87,6 +87,41 @@ def _requires_grad(modules: list[nn.Module], flag: bool) -> None:
             p.requires_grad_(flag)
 
 
+def generator_losses(
+    net: EssNet, cfg: EssNetConfig, ct: torch.Tensor, ct_mask: torch.Tensor, mri: torch.Tensor
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """L_G of DESIGN.md and its four terms for one batch (tensors with gradient), and the fakes.
+
+    ``loss_g = lambda_adv * loss_adv + lambda_cycle * loss_cycle
+    + lambda_idt * lambda_cycle * loss_idt + lambda_seg * loss_seg``. A term
+    whose weight is 0 is not computed at all (it is 0). Only ``net``'s five
+    networks are used, so a test can put stub networks in them.
+    """
+    zero = ct.new_zeros(())
+    fake_mri = net.g_mri(ct)
+    fake_ct = net.g_ct(mri)
+    loss_adv = zero
+    if cfg.lambda_adv > 0:
+        loss_adv = lsgan_loss(net.d_mri(fake_mri), True) + lsgan_loss(net.d_ct(fake_ct), True)
+    loss_cycle = zero
+    if cfg.lambda_cycle > 0:
+        loss_cycle = cycle_loss(net.g_ct(fake_mri), ct) + cycle_loss(net.g_mri(fake_ct), mri)
+    loss_idt = zero
+    if cfg.lambda_idt > 0 and cfg.lambda_cycle > 0:
+        loss_idt = identity_loss(net.g_mri(mri), mri) + identity_loss(net.g_ct(ct), ct)
+    loss_seg = zero
+    if net.seg is not None:  # lambda_seg > 0; the CycleGAN arm never runs S
+        loss_seg = dice_ce_loss(net.seg(fake_mri).float(), ct_mask)
+    loss_g = (
+        cfg.lambda_adv * loss_adv
+        + cfg.lambda_cycle * loss_cycle
+        + cfg.lambda_idt * cfg.lambda_cycle * loss_idt
+        + cfg.lambda_seg * loss_seg
+    )
+    terms = {"loss_g": loss_g, "loss_adv": loss_adv, "loss_cycle": loss_cycle, "loss_idt": loss_idt, "loss_seg": loss_seg}
+    return terms, fake_mri, fake_ct
+
+
 def generator_step(
     net: EssNet,
     opt_g: torch.optim.Optimizer,
@@ -98,44 +133,18 @@ def generator_step(
 ) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
     """G_mri, G_ct and S together, both discriminators frozen (no gradient reaches them).
 
-    Returns the loss terms and the fakes (for the discriminators' pools).
-    A term whose weight is 0 is not computed at all.
+    Returns the loss terms (``train/loss_g`` and its four terms) and the fakes
+    (for the discriminators' pools).
     """
     amp = amp or contextlib.nullcontext()
-    zero = ct.new_zeros(())
     _requires_grad([net.d_mri, net.d_ct], False)
     with amp:
-        fake_mri = net.g_mri(ct)
-        fake_ct = net.g_ct(mri)
-        loss_adv = zero
-        if cfg.lambda_adv > 0:
-            loss_adv = lsgan_loss(net.d_mri(fake_mri), True) + lsgan_loss(net.d_ct(fake_ct), True)
-        loss_cycle = zero
-        if cfg.lambda_cycle > 0:
-            loss_cycle = cycle_loss(net.g_ct(fake_mri), ct) + cycle_loss(net.g_mri(fake_ct), mri)
-        loss_idt = zero
-        if cfg.lambda_idt > 0 and cfg.lambda_cycle > 0:
-            loss_idt = identity_loss(net.g_mri(mri), mri) + identity_loss(net.g_ct(ct), ct)
-        loss_seg = zero
-        if net.seg is not None:  # lambda_seg > 0; the CycleGAN arm never runs S
-            loss_seg = dice_ce_loss(net.seg(fake_mri).float(), ct_mask)
-        loss_g = (
-            cfg.lambda_adv * loss_adv
-            + cfg.lambda_cycle * loss_cycle
-            + cfg.lambda_idt * cfg.lambda_cycle * loss_idt
-            + cfg.lambda_seg * loss_seg
-        )
+        terms, fake_mri, fake_ct = generator_losses(net, cfg, ct, ct_mask, mri)
     opt_g.zero_grad(set_to_none=True)
-    loss_g.float().backward()
+    terms["loss_g"].float().backward()
     opt_g.step()
     _requires_grad([net.d_mri, net.d_ct], True)
-    losses = {
-        "train/loss_g": float(loss_g.detach()),
-        "train/loss_adv": float(loss_adv.detach()),
-        "train/loss_cycle": float(loss_cycle.detach()),
-        "train/loss_idt": float(loss_idt.detach()),
-        "train/loss_seg": float(loss_seg.detach()),
-    }
+    losses = {f"train/{k}": float(v.detach()) for k, v in terms.items()}
     return losses, fake_mri.detach(), fake_ct.detach()
 
 
