@@ -126,6 +126,7 @@ def test_one_stage_table_for_every_configurable_stage_imports_nothing_heavy() ->
     from liverlab.train.stages import STAGES
 
     assert set(STAGES) == set(typing.get_args(ExperimentConfig.model_fields["stage"].annotation))
-    code = "import sys, liverlab.train.stages, liverlab.train.commands; print('torch' in sys.modules)"
+    code = ("import sys, liverlab.train.stages, liverlab.train.commands, liverlab.infer.commands;"
+            "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

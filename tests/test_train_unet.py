@@ -13,7 +13,7 @@ from liverlab.errors import LiverlabError
 from liverlab.losses import dice_ce_loss
 from liverlab.train import data as tdata
 from liverlab.train.common import NonFiniteLoss, check_finite, load_checkpoint, lr_factor
-from liverlab.train.evaluate import case_metrics, predict_slices
+from liverlab.infer.evaluate import case_metrics, predict_slices
 from liverlab.train.unet import UNetData, build_unet, train_unet
 
 

@@ -118,7 +118,9 @@ def generator_losses(
         + cfg.lambda_idt * cfg.lambda_cycle * loss_idt
         + cfg.lambda_seg * loss_seg
     )
-    terms = {"loss_g": loss_g, "loss_adv": loss_adv, "loss_cycle": loss_cycle, "loss_idt": loss_idt, "loss_seg": loss_seg}
+    terms = {
+        "loss_g": loss_g, "loss_adv": loss_adv, "loss_cycle": loss_cycle, "loss_idt": loss_idt, "loss_seg": loss_seg,
+    }
     return terms, fake_mri, fake_ct
 
 
@@ -188,7 +190,9 @@ def essnet_train_step(
     return losses
 
 
-def _state(net: EssNet, opt: dict[str, torch.optim.Optimizer], epoch: int, it: int, cfg: ExperimentConfig) -> dict[str, Any]:
+def _state(
+    net: EssNet, opt: dict[str, torch.optim.Optimizer], epoch: int, it: int, cfg: ExperimentConfig
+) -> dict[str, Any]:
     return {
         "kind": "essnet",
         "epoch": epoch,  # what a resume reads: training restarts at the first step of the next epoch
@@ -215,15 +219,15 @@ def train_essnet(
     ``workdir/checkpoint`` when a previous attempt left one.
     """
     from liverlab.train.essnet_data import EssNetData
+    from liverlab.train.judge import judge_scores, load_judge
     from liverlab.train.progress import IterationProgress
-    from liverlab.train.reference import judge_scores, reference_segmenter
     from liverlab.train.visual import essnet_panel
 
     cfg = config.effective_essnet()
     run = common.start_run(config, tracker, workdir, kind="essnet")
     tracker, workdir, device = run.tracker, run.workdir, run.device
     data = EssNetData(config)
-    judge = reference_segmenter(config, device)  # same judge of shape preservation in every arm
+    judge = load_judge(config, device)  # same judge of shape preservation in every arm
     judge_metrics = judge_scores(config) if judge is not None else {}
     net = EssNet(cfg).to(device)
     if config.channels_last:
@@ -233,21 +237,23 @@ def train_essnet(
     steps = data.steps_per_epoch(cfg.batch_size, cfg.steps_per_epoch)  # iterations per epoch
     iterations = (cfg.epochs + cfg.decay_epochs) * steps
     start = 0
-    if run.resume is not None:
-        net.load_state_dict(run.resume["model"])
+    if (resumed := run.resume) is not None:
+        net.load_state_dict(resumed["model"])
         for k, o in opt.items():
-            o.load_state_dict(run.resume["optim"][k])
-        start = int(run.resume["epoch"]) * steps
-        common.set_rng_state(run.resume["rng"])
+            o.load_state_dict(resumed["optim"][k])
+        start = int(resumed["epoch"]) * steps
+        common.set_rng_state(resumed["rng"])
 
     bar = IterationProgress("essnet", iterations, enabled=progress, per_epoch=steps)
     batches = data.batches(start // steps, steps, cfg.batch_size)
     metrics: dict[str, float] = {}
-    it, sums, t0 = start, {}, time.perf_counter()
+    sums: dict[str, float] = {}  # loss terms summed over the epoch
+    it, t0 = start, time.perf_counter()
     net.train()
     while it < iterations:
         # CycleGAN's schedule: constant for `epochs`, then linear decay over `decay_epochs`, once per epoch.
-        common.set_lr(opt.values(), cfg.optim.lr * common.lr_factor("linear", it, iterations, hold=cfg.epochs * steps, every=steps))
+        lr = cfg.optim.lr * common.lr_factor("linear", it, iterations, hold=cfg.epochs * steps, every=steps)
+        common.set_lr(opt.values(), lr)
         batch = next(batches)
         ct, ct_mask, mri = (batch[k].to(device, non_blocking=True) for k in ("ct", "ct_mask", "mri"))
         losses = essnet_train_step(net, opt, pools, cfg, ct, ct_mask, mri, common.autocast(device, config.precision))
@@ -289,8 +295,8 @@ def validate_essnet(
 
     ``val/ssim``, ``val/psnr``, ``val/mae`` exist only when the CT and MRI
     validation slices are of the same patients (phantoms). ``val/shape_dice``
-    is the Dice, on liver-bearing slices, of the frozen reference segmenter
-    (``judge``, trained on real MRI) on G_mri(CT) against the carried CT mask:
+    is the Dice, on liver-bearing slices, of the judge (a frozen segmenter
+    trained on real MRI, ``liverlab.train.judge``) on G_mri(CT) against the carried CT mask:
     one judge for every arm (``train_essnet`` logs the judge's own held-out
     IoU on real MRI beside it as ``val/judge_iou``). ``val/seg_dice`` is EssNet's
     own S on the same images; without a judge, ``val/shape_dice`` falls back to it.

@@ -24,11 +24,11 @@ import torch
 
 from liverlab.config import ExperimentConfig, UNetConfig
 from liverlab.errors import LiverlabError
+from liverlab.infer import evaluate as ev
 from liverlab.losses import dice_ce_loss
 from liverlab.models import unet_from_config
 from liverlab.train import common
 from liverlab.train import data as tdata
-from liverlab.train import evaluate as ev
 from liverlab.train.common import Report
 
 
@@ -157,12 +157,13 @@ def train_unet(
     opt = make_optimizer(model, u)
     start, best_iou, bad_rounds = 0, -1.0, 0
     best_state: dict[str, Any] | None = None
-    if run.resume is not None:
-        model.load_state_dict(run.resume["model"])
-        opt.load_state_dict(run.resume["optim"])
-        best_state = run.resume["best_model"] if u.keep == "best" else None
-        start, best_iou, bad_rounds = int(run.resume["iteration"]), float(run.resume["best_iou"]), int(run.resume["bad_rounds"])
-        common.set_rng_state(run.resume["rng"])
+    if (resumed := run.resume) is not None:
+        model.load_state_dict(resumed["model"])
+        opt.load_state_dict(resumed["optim"])
+        best_state = resumed["best_model"] if u.keep == "best" else None
+        start = int(resumed["iteration"])
+        best_iou, bad_rounds = float(resumed["best_iou"]), int(resumed["bad_rounds"])
+        common.set_rng_state(resumed["rng"])
     else:
         tracker.log_metrics({"data/n_real": data.n_real, "data/n_synthetic": data.n_synth}, step=0)
 
