@@ -167,6 +167,12 @@ def test_resume_continues_from_last_iteration(phantom_root, tmp_path):
     train_unet(tiny_config(phantom_root, **{"unet.iterations": 12}), log, None, tmp_path)
     assert [m["iteration"] for m in log.metrics] == [12]
     assert _steps_taken(tmp_path) == 12
+    # A run whose length was not a multiple of val_every, extended: validations stay on multiples of val_every.
+    train_unet(tiny_config(phantom_root, **{"unet.iterations": 10}), ReportLog(), None, tmp_path / "odd")
+    log = ReportLog()
+    train_unet(tiny_config(phantom_root, **{"unet.iterations": 14}), log, None, tmp_path / "odd")
+    assert [m["iteration"] for m in log.metrics] == [12, 14]
+    assert _steps_taken(tmp_path / "odd") == 14
 
 
 def test_old_epoch_keys_are_clear_errors(phantom_root):
