@@ -8,7 +8,7 @@ train the experiment's U-Net on the other patients (``unet.keep: last``),
 then score the fold's test
 patient on its own original grid and spacing with the checkpoint, exactly as
 ``liverlab evaluate --checkpoint best.pt --data data/chaos/mri`` does
-(``liverlab.train.segment.segment_dataset``, post-processing included).
+(``liverlab.infer.segment.segment_dataset``, post-processing included).
 
 Prints per-patient IoU / Dice, their mean with a 95 % t-interval over
 patients, the per-fold wall time and process CPU time (the machine may be
@@ -66,7 +66,7 @@ def run_fold(cfg: ExperimentConfig, workdir: Path) -> dict[str, Any]:
     """Train one fold, evaluate its test patient(s) on the native grid; times in seconds."""
     import torch
 
-    from liverlab.train.segment import segment_dataset
+    from liverlab.infer.segment import segment_dataset
     from liverlab.train.unet import train_unet
 
     done = workdir / "result.json"

@@ -27,7 +27,7 @@ WARM_IMPORTS = (
     "torch._dynamo", "matplotlib.pyplot", "polars", "scipy.ndimage", "liverlab.data.augment", "liverlab.data.datasets",
     "liverlab.data.manifest", "liverlab.data.nifti", "liverlab.data.cache", "liverlab.data.context", "liverlab.metrics",
     "liverlab.postprocess", "liverlab.tracking.writer", "liverlab.train.progress", "liverlab.train.visual",
-    "liverlab.train.evaluate",
+    "liverlab.infer.evaluate",
 )
 
 def asha_rungs(max_t: int, grace: int, rf: float) -> list[float]:

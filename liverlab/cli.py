@@ -22,6 +22,7 @@ from liverlab.errors import LiverlabError
 _COMMAND_MODULES = (
     "liverlab.data.commands",
     "liverlab.train.commands",
+    "liverlab.infer.commands",
     "liverlab.sweep.commands",
     "liverlab.report.commands",
     "liverlab.export.commands",

@@ -18,6 +18,7 @@ from ray import tune
 
 from liverlab import __version__
 from liverlab.config import config_from_dict
+from liverlab.train.stages import run_stage
 
 META = "_liverlab"  # the sweep's constants inside Tune's param_space
 
@@ -72,18 +73,7 @@ def run_trial(config: dict[str, Any]) -> None:
         tune.report(dict(metrics), checkpoint=ckpt)
 
     try:
-        if cfg.stage == "essnet":
-            from liverlab.train.essnet import train_essnet
-
-            train_essnet(cfg, report, tracker, workdir)
-        elif cfg.stage == "unet":
-            from liverlab.train.unet import train_unet
-
-            train_unet(cfg, report, tracker, workdir)
-        else:
-            from liverlab.train.pipeline import run_pipeline
-
-            run_pipeline(cfg, report, tracker, workdir, cache_root=meta["cache_root"])
+        run_stage(cfg, report, tracker, workdir, cache_root=meta["cache_root"])
     except SystemExit as exc:  # Tune stops a trial (ASHA) by raising SystemExit(0) in report()
         if exc.code in (0, None):
             tracker.set_tags({"liverlab.stopped_early": "true"})

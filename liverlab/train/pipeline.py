@@ -112,7 +112,7 @@ def cached_essnet(config: ExperimentConfig, cache_root: str | Path, tracker: Any
 
 def cached_synthesis(config: ExperimentConfig, checkpoint: Path, cache_root: str | Path) -> tuple[Path, bool]:
     """Synthesise the CT training patients once per (checkpoint, data, settings)."""
-    from liverlab.train.synthesize import PROVENANCE, synthesis_key, synthesize
+    from liverlab.infer.synthesize import PROVENANCE, synthesis_key, synthesize
 
     ct_dir, _ = tdata.dataset_dirs(config)
     cases = tdata.cases_in(ct_dir, config, "train")

@@ -1,4 +1,4 @@
-"""The reference segmenter: one judge of shape preservation for every arm.
+"""The judge: one frozen segmenter that scores shape preservation in every arm.
 
 EssNet's own S is trained on the synthetic images it judges, and the CycleGAN
 arm has no S at all, so neither can compare the arms fairly. The judge is the
@@ -7,7 +7,9 @@ iteration budget, LR schedule, AdamW, augmentation, all slices) trained on the
 **real MRI** training patients only (seed 0, no synthetic data), then frozen:
 ``val/shape_dice`` is its Dice on G_mri(CT) against the carried CT mask, the
 same judge for EssNet and CycleGAN. ``essnet.reference_steps`` overrides its
-iteration budget (null = ``unet.iterations``; 0 = no judge).
+iteration budget (null = ``unet.iterations``; 0 = no judge); the key keeps
+its first name because it is part of every recorded run's params and of the
+translator cache key (``pipeline.essnet_key``).
 
 It is trained once per content key (MRI manifest hash, preprocessing, U-Net
 recipe, iterations) and cached under a file lock, so concurrent trials share
@@ -35,6 +37,8 @@ from liverlab.train import data as tdata
 RECIPE = 2  # bump when the judge's training changes what a key means
 JUDGE_JSON = "judge.json"
 WEIGHTS = "judge.pt"
+# The judge's first name, kept on disk (cache folder, weights kind): judges cached before the rename are found.
+DISK_NAME = "reference_segmenter"
 
 
 def judge_iterations(config: ExperimentConfig) -> int:
@@ -57,7 +61,7 @@ def judge_config(config: ExperimentConfig) -> ExperimentConfig:
     return config.model_copy(update={"stage": "unet", "synthesis": "none", "seed": 0, "unet": unet})
 
 
-def reference_key(config: ExperimentConfig) -> str:
+def judge_key(config: ExperimentConfig) -> str:
     """Content key: MRI data (manifest hash), preprocessing and split, U-Net recipe, iterations."""
     from liverlab.data.manifest import ensure_manifest, manifest_hash
 
@@ -77,7 +81,7 @@ def reference_key(config: ExperimentConfig) -> str:
 def _folder(config: ExperimentConfig) -> Path:
     _, mri_dir = tdata.dataset_dirs(config)
     root = Path(config.data.cache_dir) if config.data.cache_dir else mri_dir / ".cache"
-    return root / "reference_segmenter" / reference_key(config)[:24]
+    return root / DISK_NAME / judge_key(config)[:24]
 
 
 def _held_out(metrics: dict[str, float]) -> dict[str, float]:
@@ -108,9 +112,9 @@ def ensure_judge(config: ExperimentConfig) -> Path | None:
             cfg = judge_config(config)
             metrics = train_unet(cfg, common.no_report, None, folder / "run")
             best = common.load_checkpoint(folder / "run" / "best.pt")
-            common.atomic_torch_save({"kind": "reference_segmenter", "model": best["model"]}, folder / WEIGHTS)
+            common.atomic_torch_save({"kind": DISK_NAME, "model": best["model"]}, folder / WEIGHTS)
             write_json_atomic(folder / JUDGE_JSON, {
-                "key": reference_key(config),
+                "key": judge_key(config),
                 "iterations": cfg.unet.iterations,
                 "held_out": _held_out(metrics),
                 "metrics": {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
@@ -128,8 +132,8 @@ def judge_scores(config: ExperimentConfig) -> dict[str, float]:
     return dict(json.loads((folder / JUDGE_JSON).read_text()).get("held_out", {}))
 
 
-def reference_segmenter(config: ExperimentConfig, device: torch.device) -> torch.nn.Module | None:
-    """The frozen real-MRI U-Net, trained on first use; None when ``reference_steps`` is 0."""
+def load_judge(config: ExperimentConfig, device: torch.device) -> torch.nn.Module | None:
+    """The judge (a frozen real-MRI U-Net) in eval mode, trained on first use; None when ``reference_steps`` is 0."""
     from liverlab.train.unet import build_unet
 
     folder = ensure_judge(config)
