@@ -191,6 +191,13 @@ def _state(net: EssNet, opt: dict[str, torch.optim.Optimizer], scheds: list[Any]
     }
 
 
+def translator_config(config: ExperimentConfig) -> ExperimentConfig:
+    """The config a translator trains with: ``essnet.seed`` in place of the run's seed when it is set."""
+    if config.essnet.seed is None or config.essnet.seed == config.seed:
+        return config
+    return config.model_copy(update={"seed": config.essnet.seed})
+
+
 def train_essnet(
     config: ExperimentConfig,
     report: Report = common.no_report,
@@ -208,6 +215,7 @@ def train_essnet(
     from liverlab.train.progress import EpochProgress
 
     tracker = tracker or NullTracker()
+    config = translator_config(config)  # essnet.seed: one translator for U-Net trials of any seed
     cfg = config.effective_essnet()
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
