@@ -21,7 +21,8 @@ Resumable: a finished fold keeps ``OUT/fold<k>/result.json`` and is skipped
 on the next call; an interrupted fold continues from its last checkpoint
 (every ``unet.val_every`` iterations). ``--jobs N`` runs N folds at once, each
 in its own process with ``--threads`` torch threads (default 1: on 2 cores,
-``--jobs 2`` is about 1.7x faster than one 2-thread process), then pools.
+two 1-thread folds make about 1.2x the iterations per second of one 2-thread
+fold, 2 / 0.195 s vs 1 / 0.115 s in docs/benchmarks.md), then pools.
 
 Import the data first (README), or let ``data.import`` do it, then::
 

@@ -55,7 +55,12 @@ def step_flops(step: Callable[[], Any]) -> float:
 def essnet_step(config: ExperimentConfig, device: torch.device) -> Callable[[], Any]:
     """One EssNet / CycleGAN training step (all five networks, both phases) on random slices."""
     from liverlab.train import common
-    from liverlab.train.essnet import EssNet, ImagePool, build_optimizers, essnet_train_step
+    from liverlab.train.essnet import (
+        EssNet,
+        ImagePool,
+        build_optimizers,
+        essnet_train_step,
+    )
 
     cfg = config.effective_essnet()
     torch.manual_seed(0)
@@ -120,31 +125,43 @@ def translator_steps(config: ExperimentConfig) -> int:
     return (e.epochs + e.decay_epochs) * e.steps_per_epoch
 
 
+def _translator_label(cfg: ExperimentConfig) -> str:
+    seed = cfg.essnet.seed if cfg.essnet.seed is not None else cfg.seed
+    up = cfg.essnet.generator.upsample
+    return f"translator ({cfg.synthesis}, seed {seed}{'' if up == 'transpose' else f', upsample {up}'})"
+
+
 def plan(space_path: str, extra_set: list[str]) -> list[dict[str, Any]]:
-    """The study's work items: one row per distinct translator, the judge, and the U-Net trials."""
+    """The study's work items: one row per translator trained, the judge, and the U-Net trials.
+
+    Pipeline trials share a translator per ``essnet_key`` (the cache); essnet-stage trials each train one.
+    """
     from liverlab.train.pipeline import essnet_key
     from liverlab.train.reference import judge_config, judge_iterations
 
     space = load_space(space_path, extra_set)
     trials = [space.config(arm, seed) for arm, seed, _ in space.trials()]
-    rows: list[dict[str, Any]] = []
     translators: dict[str, ExperimentConfig] = {}
-    for cfg in trials:
-        if cfg.stage == "pipeline" and cfg.synthesis in ("essnet", "cyclegan"):
+    for i, cfg in enumerate(trials):
+        if cfg.stage == "essnet":
+            translators[f"trial{i}"] = cfg
+        elif cfg.stage == "pipeline" and cfg.synthesis in ("essnet", "cyclegan"):
             translators.setdefault(essnet_key(cfg), cfg)
-    for key, cfg in sorted(translators.items(), key=lambda kv: kv[1].synthesis):
-        rows.append({"what": f"translator ({cfg.synthesis}, seed {cfg.essnet.seed if cfg.essnet.seed is not None else cfg.seed})",
-                     "kind": "essnet", "config": cfg, "count": 1, "steps": translator_steps(cfg)})
+    rows: list[dict[str, Any]] = [
+        {"what": _translator_label(cfg), "kind": "essnet", "config": cfg, "count": 1, "steps": translator_steps(cfg)}
+        for cfg in sorted(translators.values(), key=_translator_label)
+    ]
     if translators:
         first = next(iter(translators.values()))
         if judge_iterations(first) > 0:
             rows.append({"what": "judge (real-only U-Net, seed 0)", "kind": "unet", "config": judge_config(first),
                          "count": 1, "steps": judge_iterations(first)})
-    unet = [c for c in trials]
-    rows.append({"what": f"U-Net trials ({len(space.arms())} arms x {len(space.space.seeds)} seeds)", "kind": "unet",
-                 "config": unet[0], "count": len(unet), "steps": unet[0].unet.iterations})
-    if len({c.unet.iterations for c in unet}) != 1:
-        raise SystemExit("U-Net trials differ in unet.iterations: this counter assumes one budget for every arm")
+    unets = [c for c in trials if c.stage in ("pipeline", "unet")]
+    if unets:
+        if len({c.unet.iterations for c in unets}) != 1:
+            raise SystemExit("U-Net trials differ in unet.iterations: this counter assumes one budget for every arm")
+        rows.append({"what": f"U-Net trials ({len(space.arms())} arms x {len(space.space.seeds)} seeds)", "kind": "unet",
+                     "config": unets[0], "count": len(unets), "steps": unets[0].unet.iterations})
     return rows
 
 
@@ -178,8 +195,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {r['what']} | {r['count']} | {flops / 1e9:.1f} | {r['steps']} | {pflop:.3f} | {timing} |", flush=True)
     print(f"\ntotal: {total:.3f} PFLOP of training steps (convolutions and matmuls)")
     if args.time:
-        print(f"training steps alone: {cpu_h:.2f} CPU-h at {args.threads} thread(s) = {cpu_h / 2:.2f} h on 2 such cores "
-              "(plus data loading, augmentation, evaluation and trial overheads)")
+        print(f"training steps alone: {cpu_h:.2f} CPU-h at {args.threads} thread(s); on 2 such cores at least "
+              f"{cpu_h / 2:.2f} h of wall time, more along the critical path (docs/chaos.md), plus loading, "
+              "augmentation, evaluation and trial overheads")
     if args.tflops:
         print(f"at a sustained {args.tflops:g} TFLOP/s: {total * 1e15 / (args.tflops * 1e12) / 3600:.2f} device-hours")
     return 0

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import tiny_config
+
 from liverlab.data import nifti
 from liverlab.data.manifest import read_manifest
 from liverlab.errors import LiverlabError

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, tiny_config
+
 from liverlab.data.manifest import patient_splits
 from liverlab.errors import LiverlabError
 from liverlab.sweep.space import load_space

@@ -35,7 +35,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["UPSAMPLE_MODES", "ResnetBlock", "ResnetGenerator", "resnet_segmenter", "init_normal_", "up_block"]
+__all__ = ["UPSAMPLE_MODES", "ResnetBlock", "ResnetGenerator", "init_normal_", "resnet_segmenter", "up_block"]
 
 #: The decoder's upsampling: the reference transposed convolution, or a resize-convolution.
 UPSAMPLE_MODES = ("transpose", "nearest", "bilinear")
