@@ -24,6 +24,11 @@ class GeneratorConfig(_Strict):
     ngf: int = Field(64, ge=1, le=512)
     n_blocks: int = Field(9, ge=0, le=32)
     n_downsampling: int = Field(2, ge=0, le=5)
+    upsample: Literal["transpose", "nearest", "bilinear"] = Field(
+        "transpose",
+        description="decoder upsampling: transpose = stride-2 transposed conv (CycleGAN's; can print a "
+        "checkerboard), nearest / bilinear = resize-convolution (2x resize, then a 3x3 conv)",
+    )
 
 
 class DiscriminatorConfig(_Strict):
@@ -92,6 +97,11 @@ class EssNetConfig(_Strict):
         "1 = off",
     )
     val_slices: int = Field(32, ge=1, description="slices per validation (phantom SSIM / shape)")
+    seed: int | None = Field(
+        None, ge=0,
+        description="the translator's own seed (weights, data order, jitter, image pool); null = the run's seed. "
+        "Fixed, it lets pipeline trials of different seeds share one cached translator",
+    )
     reference_steps: int | None = Field(
         None, ge=0, le=10_000_000,
         description="the judge of shape preservation (val/shape_dice) is the experiment's U-Net recipe trained "

@@ -160,6 +160,7 @@ def run_sweep(opts: SweepOptions) -> int:
     dataset_dirs(first)  # phantoms are generated here once, not raced by the first trials
     meta = {
         "base": loaded.base_raw,
+        "base_dir": str(loaded.base_dir),  # relative data paths mean the driver's directory (issue 16)
         "overrides": loaded.overrides(),
         "space_file": str(loaded.path),
         "tracking_uri": uri,

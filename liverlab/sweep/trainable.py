@@ -17,7 +17,7 @@ import ray
 from ray import tune
 
 from liverlab import __version__
-from liverlab.config import config_from_dict
+from liverlab.config import ExperimentConfig, config_from_dict
 from liverlab.train.stages import run_stage
 
 META = "_liverlab"  # the sweep's constants inside Tune's param_space
@@ -31,6 +31,14 @@ def trial_overrides(config: dict[str, Any], gpu: bool) -> dict[str, Any]:
     return overrides
 
 
+def trial_config(config: dict[str, Any], gpu: bool) -> ExperimentConfig:
+    """The trial's ``ExperimentConfig``: relative data paths resolve against the driver's directory
+    (``meta["base_dir"]``), not the trial's own Ray working directory."""
+    meta = config[META]
+    return config_from_dict(meta["base"], trial_overrides(config, gpu), source=meta["space_file"],
+                            base_dir=meta.get("base_dir"))
+
+
 def run_trial(config: dict[str, Any]) -> None:
     """One trial: a stage (or the pipeline) for one arm, seed and Optuna sample."""
     import torch
@@ -42,7 +50,7 @@ def run_trial(config: dict[str, Any]) -> None:
     trial_id = ctx.get_trial_id()
     gpu_ids = ray.get_gpu_ids()
     torch.set_num_threads(max(1, int(meta["cpus_per_trial"])))
-    cfg = config_from_dict(meta["base"], trial_overrides(config, bool(gpu_ids)), source=meta["space_file"])
+    cfg = trial_config(config, bool(gpu_ids))
 
     tags = {
         **meta["tags"],

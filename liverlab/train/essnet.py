@@ -204,6 +204,13 @@ def _state(
     }
 
 
+def translator_config(config: ExperimentConfig) -> ExperimentConfig:
+    """The config a translator trains with: ``essnet.seed`` in place of the run's seed when it is set."""
+    if config.essnet.seed is None or config.essnet.seed == config.seed:
+        return config
+    return config.model_copy(update={"seed": config.essnet.seed})
+
+
 def train_essnet(
     config: ExperimentConfig,
     report: Report = common.no_report,
@@ -223,6 +230,7 @@ def train_essnet(
     from liverlab.train.progress import IterationProgress
     from liverlab.train.visual import essnet_panel
 
+    config = translator_config(config)  # essnet.seed: one translator for U-Net trials of any seed
     cfg = config.effective_essnet()
     run = common.start_run(config, tracker, workdir, kind="essnet")
     tracker, workdir, device = run.tracker, run.workdir, run.device

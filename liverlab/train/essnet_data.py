@@ -127,8 +127,9 @@ class EssNetData:
             self.ct_train, self.mri_train, seed=config.seed, size=config.data.size, load_scale=config.essnet.load_scale
         )
 
-        # Validation: CT validation patients, every slice, so pairs line up with the MRI.
-        val_cases = split_cases(ct_table, "val") or split_cases(ct_table, "test")
+        # Validation: CT validation patients, every slice, so pairs line up with the MRI. Never the
+        # test patients (on phantoms their CT and MRI are the U-Net's test anatomy): the training CT instead.
+        val_cases = split_cases(ct_table, "val")
         if not val_cases:
             warnings.warn("no CT validation patients: validating EssNet on its training CT", stacklevel=2)
             val_cases = ct_train

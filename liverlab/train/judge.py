@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 import torch
@@ -51,6 +52,8 @@ def judge_config(config: ExperimentConfig) -> ExperimentConfig:
     """The experiment as a real-only U-Net run of ``judge_iterations`` steps, seed 0.
 
     Always a 2D model (``context_slices`` 0): it judges single synthetic slices, which have no z-neighbours.
+    Always every real training patient (``data.train_patients`` null): the judge is shared by
+    translators that every data-scarcity trial reuses, so it must not depend on the trial's subset.
     """
     u = config.unet
     iterations = max(1, judge_iterations(config))
@@ -58,7 +61,8 @@ def judge_config(config: ExperimentConfig) -> ExperimentConfig:
         "iterations": iterations, "val_every": min(u.val_every, iterations), "mixing_ratio": 0.0, "synthetic": None,
         "model": u.model.model_copy(update={"context_slices": 0}),
     })
-    return config.model_copy(update={"stage": "unet", "synthesis": "none", "seed": 0, "unet": unet})
+    data = config.data.model_copy(update={"train_patients": None})
+    return config.model_copy(update={"stage": "unet", "synthesis": "none", "seed": 0, "unet": unet, "data": data})
 
 
 def judge_key(config: ExperimentConfig) -> str:
@@ -110,12 +114,15 @@ def ensure_judge(config: ExperimentConfig) -> Path | None:
         rng = common.rng_state()  # the caller's random stream must not depend on a cache hit
         try:
             cfg = judge_config(config)
+            t0 = time.perf_counter()
             metrics = train_unet(cfg, common.no_report, None, folder / "run")
+            wall_s = time.perf_counter() - t0
             best = common.load_checkpoint(folder / "run" / "best.pt")
             common.atomic_torch_save({"kind": DISK_NAME, "model": best["model"]}, folder / WEIGHTS)
             write_json_atomic(folder / JUDGE_JSON, {
                 "key": judge_key(config),
                 "iterations": cfg.unet.iterations,
+                "wall_s": wall_s,
                 "held_out": _held_out(metrics),
                 "metrics": {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
             })
