@@ -137,7 +137,7 @@ def plan(space_path: str, extra_set: list[str]) -> list[dict[str, Any]]:
     Pipeline trials share a translator per ``essnet_key`` (the cache); essnet-stage trials each train one.
     """
     from liverlab.train.pipeline import essnet_key
-    from liverlab.train.reference import judge_config, judge_iterations
+    from liverlab.train.judge import judge_config, judge_iterations
 
     space = load_space(space_path, extra_set)
     trials = [space.config(arm, seed) for arm, seed, _ in space.trials()]

@@ -13,7 +13,7 @@ from liverlab.sweep.space import load_space
 from liverlab.tracking.writer import NullTracker
 from liverlab.train.data import train_patient_subset
 from liverlab.train.pipeline import cached_essnet, essnet_key
-from liverlab.train.reference import judge_config, reference_key
+from liverlab.train.judge import judge_config, judge_key
 
 STUDY = REPO / "search_spaces" / "chaos_study.yaml"
 CHAOS_MR = ["mri_1", "mri_2", "mri_3", "mri_5", "mri_8", "mri_10", "mri_13", "mri_15", "mri_19", "mri_20", "mri_21", "mri_22"]
@@ -100,7 +100,7 @@ def test_translator_shared_across_seeds_and_sizes_with_a_fixed_essnet_seed(phant
     assert (reused_a, reused_b) == (False, True) and metrics_b["time/essnet_wall_s"] > 0
     assert len(list((cache / "essnet").glob("*/done.json"))) == 1
     # The judge is trained on every training patient, whatever the trial's data.train_patients.
-    assert reference_key(a) == reference_key(own)
+    assert judge_key(a) == judge_key(own)
 
 
 def test_sweep_trial_resolves_relative_data_paths_against_the_driver(tmp_path, monkeypatch) -> None:
