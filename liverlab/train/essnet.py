@@ -21,7 +21,7 @@ from torch import nn
 from liverlab.config import EssNetConfig, ExperimentConfig, dump_config
 from liverlab.losses import cycle_loss, dice_ce_loss, identity_loss, lsgan_loss
 from liverlab.models import discriminator_from_config, generator_from_config, segmenter_from_config
-from liverlab.train import common
+from liverlab.train import common, precision
 from liverlab.train.common import Report
 
 
@@ -95,13 +95,16 @@ def generator_step(
     ct_mask: torch.Tensor,
     mri: torch.Tensor,
     amp: Any = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
     """G_mri, G_ct and S together, both discriminators frozen (no gradient reaches them).
 
     Returns the loss terms and the fakes (for the discriminators' pools).
-    A term whose weight is 0 is not computed at all.
+    A term whose weight is 0 is not computed at all. ``scaler``: the G+S
+    optimiser's own GradScaler under fp16 (None: no scaling).
     """
     amp = amp or contextlib.nullcontext()
+    scaler = scaler if scaler is not None else precision.grad_scaler(ct.device, "fp32")
     zero = ct.new_zeros(())
     _requires_grad([net.d_mri, net.d_ct], False)
     with amp:
@@ -126,8 +129,9 @@ def generator_step(
             + cfg.lambda_seg * loss_seg
         )
     opt_g.zero_grad(set_to_none=True)
-    loss_g.float().backward()
-    opt_g.step()
+    scaler.scale(loss_g.float()).backward()  # the loss terms are fp32 (liverlab.losses)
+    scaler.step(opt_g)
+    scaler.update()
     _requires_grad([net.d_mri, net.d_ct], True)
     losses = {
         "train/loss_g": float(loss_g.detach()),
@@ -148,9 +152,15 @@ def discriminator_step(
     fake_mri: torch.Tensor,
     fake_ct: torch.Tensor,
     amp: Any = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> dict[str, float]:
-    """Each D on real images and on a pool of past fakes: 0.5 * (real + fake) LSGAN."""
+    """Each D on real images and on a pool of past fakes: 0.5 * (real + fake) LSGAN.
+
+    ``scaler``: the discriminators' GradScaler under fp16, separate from G+S's
+    (GAN losses of the two sides differ in scale); it steps both D optimisers.
+    """
     amp = amp or contextlib.nullcontext()
+    scaler = scaler if scaler is not None else precision.grad_scaler(ct.device, "fp32")
     with amp:
         pool_mri = pools["mri"].query(fake_mri)
         loss_d_mri = 0.5 * (lsgan_loss(net.d_mri(mri), True) + lsgan_loss(net.d_mri(pool_mri), False))
@@ -158,8 +168,9 @@ def discriminator_step(
         loss_d_ct = 0.5 * (lsgan_loss(net.d_ct(ct), True) + lsgan_loss(net.d_ct(pool_ct), False))
     for name, loss in (("d_mri", loss_d_mri), ("d_ct", loss_d_ct)):
         opt[name].zero_grad(set_to_none=True)
-        loss.float().backward()
-        opt[name].step()
+        scaler.scale(loss.float()).backward()
+        scaler.step(opt[name])  # each optimiser skips its own step on overflowed gradients
+    scaler.update()  # once per iteration, after every optimiser it scales (torch's multi-optimiser rule)
     return {"train/loss_d_mri": float(loss_d_mri.detach()), "train/loss_d_ct": float(loss_d_ct.detach())}
 
 
@@ -172,10 +183,15 @@ def essnet_train_step(
     ct_mask: torch.Tensor,
     mri: torch.Tensor,
     amp: Any = None,
+    scalers: dict[str, torch.amp.GradScaler] | None = None,
 ) -> dict[str, float]:
-    """One EssNet step in DESIGN.md's order; returns every loss term by name."""
-    losses, fake_mri, fake_ct = generator_step(net, opt["g"], cfg, ct, ct_mask, mri, amp)
-    losses.update(discriminator_step(net, opt, pools, ct, mri, fake_mri, fake_ct, amp))
+    """One EssNet step in DESIGN.md's order; returns every loss term by name.
+
+    ``scalers``: ``{"g": ..., "d": ...}`` GradScalers for fp16 (None: no scaling).
+    """
+    scalers = scalers or {}
+    losses, fake_mri, fake_ct = generator_step(net, opt["g"], cfg, ct, ct_mask, mri, amp, scalers.get("g"))
+    losses.update(discriminator_step(net, opt, pools, ct, mri, fake_mri, fake_ct, amp, scalers.get("d")))
     return losses
 
 
@@ -213,6 +229,7 @@ def train_essnet(
     workdir.mkdir(parents=True, exist_ok=True)
     common.seed_everything(config.seed)
     device = common.select_device(config.device)
+    amp = precision.prepare(config, device)  # resolved precision; TF32 / cudnn.benchmark on CUDA
     data = EssNetData(config)
     from liverlab.train.reference import judge_scores, reference_segmenter
 
@@ -226,6 +243,7 @@ def train_essnet(
     total_epochs = cfg.epochs + cfg.decay_epochs
     scheds = [torch.optim.lr_scheduler.LambdaLR(o, common.linear_decay(cfg.epochs, cfg.decay_epochs)) for o in opt.values()]
     pools = {"mri": ImagePool(cfg.pool_size, config.seed), "ct": ImagePool(cfg.pool_size, config.seed + 1)}
+    scalers = {"g": amp.scaler(), "d": amp.scaler()}  # fp16 only: one for G+S, one for both Ds
 
     start_epoch = 0
     resume = common.find_resume(workdir)
@@ -237,9 +255,13 @@ def train_essnet(
         common.set_rng_state(resume["rng"])
         for s, sd in zip(scheds, resume["sched"]):
             s.load_state_dict(sd)
+        for k, sd in resume.get("scalers", {}).items():
+            if sd:
+                scalers[k].load_state_dict(sd)
     else:
         tracker.log_params(config.model_dump(mode="json"))
         tracker.log_text(dump_config(config), "config.yaml")
+    tracker.log_params(amp.params())
 
     steps = data.steps_per_epoch(cfg.batch_size, cfg.steps_per_epoch)  # max(|CT|, |MRI|) / batch by default
     metrics: dict[str, float] = {}
@@ -250,7 +272,7 @@ def train_essnet(
         t0 = time.perf_counter()
         for i, batch in enumerate(data.train_batches(epoch, steps, cfg.batch_size)):
             ct, ct_mask, mri = (batch[k].to(device, non_blocking=True) for k in ("ct", "ct_mask", "mri"))
-            losses = essnet_train_step(net, opt, pools, cfg, ct, ct_mask, mri, common.autocast(device, config.precision))
+            losses = essnet_train_step(net, opt, pools, cfg, ct, ct_mask, mri, amp.autocast(), scalers)
             common.check_finite(losses, f"essnet epoch {epoch + 1} step {i + 1}")
             for k, v in losses.items():
                 sums[k] = sums.get(k, 0.0) + v
@@ -260,7 +282,7 @@ def train_essnet(
         train_time = time.perf_counter() - t0
         metrics = {k: v / steps for k, v in sums.items()}
         t1 = time.perf_counter()
-        metrics.update(validate_essnet(net, data, device, config.precision, judge))
+        metrics.update(validate_essnet(net, data, device, amp.precision, judge))
         if "val/shape_dice" in metrics:
             metrics.update(judge_metrics)  # how far to trust the judge, beside every shape_dice
         metrics["train/images_per_s"] = steps * cfg.batch_size / max(train_time, 1e-9)
@@ -271,7 +293,9 @@ def train_essnet(
         if data.panel_batch is not None:
             png = essnet_panel(net, data.panel_batch, device, workdir / "panels" / f"essnet_epoch_{epoch + 1:03d}.png")
             tracker.log_artifact(png, "panels")
-        ckpt = common.save_checkpoint(workdir, _state(net, opt, scheds, epoch + 1, config))
+        state = _state(net, opt, scheds, epoch + 1, config)
+        state["scalers"] = {k: s.state_dict() for k, s in scalers.items()}
+        ckpt = common.save_checkpoint(workdir, state)
         report(dict(metrics), checkpoint=ckpt)
         bar.epoch_done(epoch, metrics)
     bar.close()
