@@ -30,6 +30,7 @@ from liverlab.sweep.display import LiveTable, summarize
 from liverlab.sweep.search import ArmSearcher
 from liverlab.sweep.space import LoadedSpace, load_space
 from liverlab.sweep.trainable import META, run_trial
+from liverlab.verbosity import ray_logging_level
 
 SWEEP_FILE = "liverlab_sweep.json"
 
@@ -70,7 +71,7 @@ def connect(address: str | None, num_cpus: int | None = None) -> None:
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         try:
-            ray.init(address=address, log_to_driver=False)
+            ray.init(address=address, log_to_driver=False, logging_level=ray_logging_level())
         except ConnectionError as err:  # Ray's message does not say that a missing token is the usual cause
             mode = os.environ.get("RAY_AUTH_MODE", "unset")
             raise LiverlabError(
@@ -80,7 +81,8 @@ def connect(address: str | None, num_cpus: int | None = None) -> None:
                 "see docs/cluster.md"
             ) from None
     else:  # never a bare ray.init(): it may attach to a cluster started elsewhere
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                 logging_level=ray_logging_level())  # no "Started a local Ray instance" unless --verbose
 
 
 def preflight(loaded: LoadedSpace) -> dict[str, float]:
@@ -259,7 +261,9 @@ def run_sweep(opts: SweepOptions) -> int:
     n_errors = results.num_errors
     finish_sweep_run(uri, parent_run_id, "FAILED" if n_errors == len(results) else "FINISHED")
     print(summarize(loaded, results, elapsed))
-    print(f"results: {sweep_loc}\nMLflow: mlflow ui --backend-store-uri {uri}   (experiment {s.name!r})")
+    from liverlab.tracking.ui import ui_hint
+
+    print(f"results: {sweep_loc}\n{ui_hint(uri, experiment_id)}   (experiment {s.name!r})")
     if opts.report and n_errors < len(results):
         _report(uri, parent_run_id, local_dir, s.baseline)
     return 1 if len(results) and n_errors == len(results) else 0
