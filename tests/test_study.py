@@ -113,7 +113,7 @@ def test_sweep_trial_resolves_relative_data_paths_against_the_driver(tmp_path, m
     driver = tmp_path / "checkout"
     meta = {"base": loaded.base_raw, "base_dir": str(driver), "overrides": loaded.overrides(), "space_file": str(STUDY)}
     monkeypatch.chdir(tmp_path)  # the trial's working directory is elsewhere
-    cfg = trial_config({META: meta, "arm": {"synthesis": "essnet", "data.train_patients": 2}, "seed": 1}, gpu=False)
+    cfg = trial_config({META: meta, "arm": {"synthesis": "essnet", "data.train_patients": 2}, "seed": 1}, device="cpu")
     assert cfg.data.ct == str(driver / "data" / "chaos" / "ct") and cfg.data.mri == str(driver / "data" / "chaos" / "mri")
     assert cfg.data.import_[0].root == str((driver / ".." / "shared" / "data" / "chaos-ct-full").resolve())
     assert (cfg.seed, cfg.data.train_patients, cfg.device) == (1, 2, "cpu")

@@ -181,6 +181,13 @@ class UNetConfig(_Strict):
         return self.keep == "best" or self.early_stopping
 
 
+class CudaConfig(_Strict):
+    """Speed settings applied when a run is on a CUDA GPU (ignored on CPU)."""
+
+    tf32: bool = Field(True, description="TF32 for fp32 matmuls and convolutions (Ampere and newer)")
+    cudnn_benchmark: bool = Field(True, description="cuDNN picks the fastest kernels for the fixed input size")
+
+
 class TrackingConfig(_Strict):
     uri: str | None = Field(None, description="MLflow tracking URI; default sqlite in the run folder")
     experiment: str | None = None
@@ -197,7 +204,11 @@ class ExperimentConfig(_Strict):
     )
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "fp32", description="auto: bf16 where the device has it natively, else fp16 + GradScaler on GPUs "
+        "with fast fp16, else fp32 (liverlab/train/precision.py)"
+    )
+    cuda: CudaConfig = CudaConfig()
     channels_last: bool = False
     data: DataConfig
     essnet: EssNetConfig = EssNetConfig()

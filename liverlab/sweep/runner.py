@@ -35,6 +35,7 @@ from liverlab.sweep.space import LoadedSpace, arm_id, load_space
 from liverlab.sweep.trainable import META, run_trial
 from liverlab.tracking.client import resolve_tracking_uri
 from liverlab.tracking.writer import finish_sweep_run, git_tags, open_sweep_run
+from liverlab.verbosity import ray_logging_level
 
 SWEEP_FILE = "liverlab_sweep.json"
 
@@ -225,7 +226,9 @@ def run_sweep(opts: SweepOptions) -> int:
     n_errors = results.num_errors
     finish_sweep_run(uri, parent_run_id, "FAILED" if n_errors == len(results) else "FINISHED")
     print(summarize(loaded, results, elapsed))
-    print(f"results: {sweep_loc}\nMLflow: mlflow ui --backend-store-uri {uri}   (experiment {s.name!r})")
+    from liverlab.tracking.ui import ui_hint
+
+    print(f"results: {sweep_loc}\n{ui_hint(uri, experiment_id)}   (experiment {s.name!r})")
     if opts.report and n_errors < len(results):
         _report(uri, parent_run_id, local_dir, s.baseline)
     return 1 if len(results) and n_errors == len(results) else 0

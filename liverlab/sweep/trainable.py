@@ -3,13 +3,15 @@
 The training functions never see Ray: this adapter binds their ``report``
 callback to ``ray.tune.report`` (with ``tune.Checkpoint``), restores the last
 checkpoint into the trial's work folder before a retry or a resume, picks the
-device from the GPUs Ray assigned (``CUDA_VISIBLE_DEVICES`` is not blanked for
-CPU trials), and opens the trial's MLflow child run, which a resumed or
-retried trial continues instead of duplicating.
+device from the GPUs Ray assigned (``liverlab.sweep.devices``: a trial given a
+GPU, or a fraction of one, runs on CUDA or stops with an error), and opens
+the trial's MLflow child run, which a resumed or retried trial continues
+instead of duplicating.
 """
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -18,24 +20,25 @@ from ray import tune
 
 from liverlab import __version__
 from liverlab.config import ExperimentConfig, config_from_dict
+from liverlab.sweep.devices import trial_device
 from liverlab.train.stages import run_stage
 
 META = "_liverlab"  # the sweep's constants inside Tune's param_space
 
 
-def trial_overrides(config: dict[str, Any], gpu: bool) -> dict[str, Any]:
+def trial_overrides(config: dict[str, Any], device: str) -> dict[str, Any]:
     meta = config[META]
     overrides = {**meta["overrides"], **config["arm"], "seed": config["seed"], **config.get("params", {})}
     # The device follows what Ray assigned, whatever the base config says.
-    overrides["device"] = "cuda" if gpu else "cpu"
+    overrides["device"] = device
     return overrides
 
 
-def trial_config(config: dict[str, Any], gpu: bool) -> ExperimentConfig:
+def trial_config(config: dict[str, Any], device: str) -> ExperimentConfig:
     """The trial's ``ExperimentConfig``: relative data paths resolve against the driver's directory
     (``meta["base_dir"]``), not the trial's own Ray working directory."""
     meta = config[META]
-    return config_from_dict(meta["base"], trial_overrides(config, gpu), source=meta["space_file"],
+    return config_from_dict(meta["base"], trial_overrides(config, device), source=meta["space_file"],
                             base_dir=meta.get("base_dir"))
 
 
@@ -48,9 +51,10 @@ def run_trial(config: dict[str, Any]) -> None:
     meta = config[META]
     ctx = tune.get_context()
     trial_id = ctx.get_trial_id()
-    gpu_ids = ray.get_gpu_ids()
+    node_id = ray.get_runtime_context().get_node_id()
+    device = trial_device(ray.get_gpu_ids(), node=f"{socket.gethostname()} ({node_id[:8]})")
     torch.set_num_threads(max(1, int(meta["cpus_per_trial"])))
-    cfg = trial_config(config, bool(gpu_ids))
+    cfg = trial_config(config, device.device)
 
     tags = {
         **meta["tags"],
@@ -58,9 +62,9 @@ def run_trial(config: dict[str, Any]) -> None:
         "liverlab.seed": str(config["seed"]),
         "liverlab.stage": cfg.stage,
         "liverlab.trial_id": trial_id,
-        "liverlab.node_id": ray.get_runtime_context().get_node_id(),
+        "liverlab.node_id": node_id,
         "liverlab.version": __version__,
-        "liverlab.device": cfg.device,
+        **device.tags(),  # liverlab.device, .gpu_ids, .cuda_visible_devices (what the trial resolved)
     }
     run_name = f"{config['arm_id']} seed={config['seed']} {trial_id}"
     tracker = open_trial_run(meta["tracking_uri"], meta["experiment_id"], meta["parent_run_id"], trial_id, tags, run_name=run_name)

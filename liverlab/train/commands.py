@@ -51,7 +51,9 @@ def _train(args: argparse.Namespace) -> int:
     _print_metrics(metrics, f"{cfg.name} ({cfg.stage}) in {time.perf_counter() - t0:.0f} s")
     print(f"run folder: {out}")
     if uri:
-        print(f"MLflow: mlflow ui --backend-store-uri {uri}")
+        from liverlab.tracking.ui import tracker_experiment_id, ui_hint
+
+        print(ui_hint(uri, tracker_experiment_id(tracker)))  # the runs view, not MLflow 3's GenAI landing page
     return 0
 
 

@@ -64,10 +64,14 @@ def seed_everything(seed: int) -> None:
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
-    """bf16 autocast where asked (about 2x on CPUs with AMX and on GPUs), else a no-op."""
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    """bf16 / fp16 autocast where asked (``auto`` resolved for ``device``), else a no-op.
+
+    Inference paths (validation, synthesis, evaluation) use this directly; the
+    training loops use ``liverlab.train.precision.prepare`` (autocast + GradScaler).
+    """
+    from liverlab.train.precision import autocast as _autocast
+
+    return _autocast(device, precision)
 
 
 def lr_factor(schedule: str, it: int, iterations: int, hold: int = 0, every: int = 1) -> float:

@@ -21,7 +21,7 @@ from torch import nn
 from liverlab.config import EssNetConfig, ExperimentConfig
 from liverlab.losses import cycle_loss, dice_ce_loss, identity_loss, lsgan_loss
 from liverlab.models import discriminator_from_config, generator_from_config, segmenter_from_config
-from liverlab.train import common
+from liverlab.train import common, precision
 from liverlab.train.common import Report
 
 
@@ -132,19 +132,23 @@ def generator_step(
     ct_mask: torch.Tensor,
     mri: torch.Tensor,
     amp: Any = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> tuple[dict[str, float], torch.Tensor, torch.Tensor]:
     """G_mri, G_ct and S together, both discriminators frozen (no gradient reaches them).
 
     Returns the loss terms (``train/loss_g`` and its four terms) and the fakes
-    (for the discriminators' pools).
+    (for the discriminators' pools). ``scaler``: the G+S optimiser's own
+    GradScaler under fp16 (None: no scaling).
     """
     amp = amp or contextlib.nullcontext()
+    scaler = scaler if scaler is not None else precision.grad_scaler(ct.device, "fp32")
     _requires_grad([net.d_mri, net.d_ct], False)
     with amp:
         terms, fake_mri, fake_ct = generator_losses(net, cfg, ct, ct_mask, mri)
     opt_g.zero_grad(set_to_none=True)
-    terms["loss_g"].float().backward()
-    opt_g.step()
+    scaler.scale(terms["loss_g"].float()).backward()  # the loss terms are fp32 (liverlab.losses)
+    scaler.step(opt_g)
+    scaler.update()
     _requires_grad([net.d_mri, net.d_ct], True)
     losses = {f"train/{k}": float(v.detach()) for k, v in terms.items()}
     return losses, fake_mri.detach(), fake_ct.detach()
@@ -159,9 +163,15 @@ def discriminator_step(
     fake_mri: torch.Tensor,
     fake_ct: torch.Tensor,
     amp: Any = None,
+    scaler: torch.amp.GradScaler | None = None,
 ) -> dict[str, float]:
-    """Each D on real images and on a pool of past fakes: 0.5 * (real + fake) LSGAN."""
+    """Each D on real images and on a pool of past fakes: 0.5 * (real + fake) LSGAN.
+
+    ``scaler``: the discriminators' GradScaler under fp16, separate from G+S's
+    (GAN losses of the two sides differ in scale); it steps both D optimisers.
+    """
     amp = amp or contextlib.nullcontext()
+    scaler = scaler if scaler is not None else precision.grad_scaler(ct.device, "fp32")
     with amp:
         pool_mri = pools["mri"].query(fake_mri)
         loss_d_mri = 0.5 * (lsgan_loss(net.d_mri(mri), True) + lsgan_loss(net.d_mri(pool_mri), False))
@@ -169,8 +179,9 @@ def discriminator_step(
         loss_d_ct = 0.5 * (lsgan_loss(net.d_ct(ct), True) + lsgan_loss(net.d_ct(pool_ct), False))
     for name, loss in (("d_mri", loss_d_mri), ("d_ct", loss_d_ct)):
         opt[name].zero_grad(set_to_none=True)
-        loss.float().backward()
-        opt[name].step()
+        scaler.scale(loss.float()).backward()
+        scaler.step(opt[name])  # each optimiser skips its own step on overflowed gradients
+    scaler.update()  # once per iteration, after every optimiser it scales (torch's multi-optimiser rule)
     return {"train/loss_d_mri": float(loss_d_mri.detach()), "train/loss_d_ct": float(loss_d_ct.detach())}
 
 
@@ -183,10 +194,15 @@ def essnet_train_step(
     ct_mask: torch.Tensor,
     mri: torch.Tensor,
     amp: Any = None,
+    scalers: dict[str, torch.amp.GradScaler] | None = None,
 ) -> dict[str, float]:
-    """One EssNet step in DESIGN.md's order; returns every loss term by name."""
-    losses, fake_mri, fake_ct = generator_step(net, opt["g"], cfg, ct, ct_mask, mri, amp)
-    losses.update(discriminator_step(net, opt, pools, ct, mri, fake_mri, fake_ct, amp))
+    """One EssNet step in DESIGN.md's order; returns every loss term by name.
+
+    ``scalers``: ``{"g": ..., "d": ...}`` GradScalers for fp16 (None: no scaling).
+    """
+    scalers = scalers or {}
+    losses, fake_mri, fake_ct = generator_step(net, opt["g"], cfg, ct, ct_mask, mri, amp, scalers.get("g"))
+    losses.update(discriminator_step(net, opt, pools, ct, mri, fake_mri, fake_ct, amp, scalers.get("d")))
     return losses
 
 
@@ -234,6 +250,7 @@ def train_essnet(
     cfg = config.effective_essnet()
     run = common.start_run(config, tracker, workdir, kind="essnet")
     tracker, workdir, device = run.tracker, run.workdir, run.device
+    amp = precision.prepare(config, device)  # resolved precision; TF32 / cudnn.benchmark on CUDA
     data = EssNetData(config)
     judge = load_judge(config, device)  # same judge of shape preservation in every arm
     judge_metrics = judge_scores(config) if judge is not None else {}
@@ -244,6 +261,7 @@ def train_essnet(
     pools = {"mri": ImagePool(cfg.pool_size, config.seed), "ct": ImagePool(cfg.pool_size, config.seed + 1)}
     steps = data.steps_per_epoch(cfg.batch_size, cfg.steps_per_epoch)  # iterations per epoch
     iterations = (cfg.epochs + cfg.decay_epochs) * steps
+    scalers = {"g": amp.scaler(), "d": amp.scaler()}  # fp16 only: one for G+S, one for both Ds
     start = 0
     if (resumed := run.resume) is not None:
         net.load_state_dict(resumed["model"])
@@ -251,6 +269,10 @@ def train_essnet(
             o.load_state_dict(resumed["optim"][k])
         start = int(resumed["epoch"]) * steps
         common.set_rng_state(resumed["rng"])
+        for k, sd in resumed.get("scalers", {}).items():
+            if sd:
+                scalers[k].load_state_dict(sd)
+    tracker.log_params(amp.params())
 
     bar = IterationProgress("essnet", iterations, enabled=progress, per_epoch=steps)
     batches = data.batches(start // steps, steps, cfg.batch_size)
@@ -264,7 +286,7 @@ def train_essnet(
         common.set_lr(opt.values(), lr)
         batch = next(batches)
         ct, ct_mask, mri = (batch[k].to(device, non_blocking=True) for k in ("ct", "ct_mask", "mri"))
-        losses = essnet_train_step(net, opt, pools, cfg, ct, ct_mask, mri, common.autocast(device, config.precision))
+        losses = essnet_train_step(net, opt, pools, cfg, ct, ct_mask, mri, amp.autocast(), scalers)
         common.check_finite(losses, f"essnet epoch {it // steps + 1} step {it % steps + 1}")
         for k, v in losses.items():
             sums[k] = sums.get(k, 0.0) + v
@@ -276,7 +298,7 @@ def train_essnet(
             train_time = time.perf_counter() - t0
             metrics = {k: v / steps for k, v in sums.items()}
             t1 = time.perf_counter()
-            metrics.update(validate_essnet(net, data, device, config.precision, judge))
+            metrics.update(validate_essnet(net, data, device, amp.precision, judge))
             if "val/shape_dice" in metrics:
                 metrics.update(judge_metrics)  # how far to trust the judge, beside every shape_dice
             metrics["train/images_per_s"] = steps * cfg.batch_size / max(train_time, 1e-9)
@@ -287,7 +309,9 @@ def train_essnet(
             if data.panel_batch is not None:
                 png = essnet_panel(net, data.panel_batch, device, workdir / "panels" / f"essnet_epoch_{epoch:03d}.png")
                 tracker.log_artifact(png, "panels")
-            report(dict(metrics), checkpoint=common.save_checkpoint(workdir, _state(net, opt, epoch, it, config)))
+            state = _state(net, opt, epoch, it, config)
+            state["scalers"] = {k: sc.state_dict() for k, sc in scalers.items()}
+            report(dict(metrics), checkpoint=common.save_checkpoint(workdir, state))
             bar.report(it, metrics)
             sums, t0 = {}, time.perf_counter()
     bar.close()

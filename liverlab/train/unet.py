@@ -27,7 +27,7 @@ from liverlab.errors import LiverlabError
 from liverlab.infer import evaluate as ev
 from liverlab.losses import dice_ce_loss
 from liverlab.models import unet_from_config
-from liverlab.train import common
+from liverlab.train import common, precision
 from liverlab.train import data as tdata
 from liverlab.train.common import Report
 
@@ -150,22 +150,27 @@ def train_unet(
     u = config.unet
     run = common.start_run(config, tracker, workdir, kind="unet")
     tracker, workdir, device = run.tracker, run.workdir, run.device
+    amp = precision.prepare(config, device)  # resolved precision; TF32 / cudnn.benchmark on CUDA
     data = UNetData(config)
     model = build_unet(config).to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = make_optimizer(model, u)
+    scaler = amp.scaler()  # fp16 only; otherwise scale/step/update pass straight through
     start, best_iou, bad_rounds = 0, -1.0, 0
     best_state: dict[str, Any] | None = None
     if (resumed := run.resume) is not None:
         model.load_state_dict(resumed["model"])
         opt.load_state_dict(resumed["optim"])
+        if resumed.get("scaler"):
+            scaler.load_state_dict(resumed["scaler"])
         best_state = resumed["best_model"] if u.keep == "best" else None
         start = int(resumed["iteration"])
         best_iou, bad_rounds = float(resumed["best_iou"]), int(resumed["bad_rounds"])
         common.set_rng_state(resumed["rng"])
     else:
         tracker.log_metrics({"data/n_real": data.n_real, "data/n_synthetic": data.n_synth}, step=0)
+    tracker.log_params(amp.params())
 
     bar = IterationProgress("unet", u.iterations, enabled=progress)
     batches = data.batches(start, u.iterations, u.val_every)
@@ -180,14 +185,15 @@ def train_unet(
         y = batch["mask"].to(device, non_blocking=True)
         if config.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with common.autocast(device, config.precision):
+        with amp.autocast():
             logits = model(x)
         loss = dice_ce_loss(logits.float(), y, dice_weight=u.dice_weight, ce_weight=u.ce_weight)
         value = float(loss.detach())
         common.check_finite({"train/loss": value}, f"unet iteration {it + 1}")
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        scaler.scale(loss).backward()
+        scaler.step(opt)  # skipped (and the scale lowered) when fp16 gradients overflowed
+        scaler.update()
         it, total, n = it + 1, total + value, n + 1
         bar.step(it, value)
 
@@ -202,7 +208,7 @@ def train_unet(
             }
             if data.val is not None:
                 t1 = time.perf_counter()
-                _, val = _validate(model, data.val, device, config.precision, "val", u.postprocess)
+                _, val = _validate(model, data.val, device, amp.precision, "val", u.postprocess)
                 metrics["time/val_s"] = time.perf_counter() - t1
                 if val["val/iou"] > best_iou:
                     best_iou, bad_rounds = val["val/iou"], 0
@@ -214,7 +220,7 @@ def train_unet(
             tracker.log_metrics(metrics, step=it)
             state = {
                 "kind": "unet", "iteration": it, "model": model.state_dict(), "optim": opt.state_dict(),
-                "best_model": best_state if best_state is not None else model.state_dict(),
+                "scaler": scaler.state_dict(), "best_model": best_state if best_state is not None else model.state_dict(),
                 "best_iou": best_iou, "bad_rounds": bad_rounds,
                 "config": config.model_dump(mode="json"), "rng": common.rng_state(),
             }
@@ -237,13 +243,13 @@ def train_unet(
     final = dict(metrics)
     if data.test is not None:
         # Each test case on its own grid and spacing, by the function `liverlab evaluate --checkpoint` uses.
-        rows = ev.native_case_metrics(model, data.test, data.mri_dir, device, config.precision, u.postprocess)
+        rows = ev.native_case_metrics(model, data.test, data.mri_dir, device, amp.precision, u.postprocess)
         test = ev.mean_metrics(rows, "test")
         table = ev.write_table(rows, workdir / "per_patient.parquet")
         tracker.log_metrics(test, step=it)
         tracker.log_artifact(table)
         final.update(test)
-        _panel(model, data.test, device, config.precision, workdir, tracker)
+        _panel(model, data.test, device, amp.precision, workdir, tracker)
     tracker.flush()
     return final
 
