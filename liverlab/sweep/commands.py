@@ -22,6 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else sqlite in the sweep folder)")
     p.add_argument("--name", help="sweep name (default: the space's name)")
     p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    p.add_argument("--force", action="store_true",
+                   help="start even when the disk-space estimate does not fit (docs/reliability.md)")
     p.set_defaults(func=_sweep)
 
     p = sub.add_parser("doctor", help="check a Ray cluster: nodes, storage and data seen from every node, "
@@ -40,7 +42,7 @@ def _sweep(args: argparse.Namespace) -> int:
     return run_sweep(SweepOptions(
         space=args.space, set=args.set, num_samples=args.num_samples, max_concurrent=args.max_concurrent,
         dry_run=args.dry_run, resume=args.resume, address=args.address, storage=args.storage,
-        tracking_uri=args.tracking_uri, name=args.name, report=not args.no_report,
+        tracking_uri=args.tracking_uri, name=args.name, report=not args.no_report, force=args.force,
     ))
 
 
