@@ -85,6 +85,20 @@ def test_writers_leave_nothing_that_looks_complete_on_a_full_disk(small_disk, ph
     assert not list((small_disk / "sweepcache").rglob("provenance.json"))  # no synthetic set that looks done
 
 
+def test_train_is_refused_before_compute_on_a_small_disk(small_disk, phantom_root, tmp_path):
+    cfg = tiny_config(phantom_root)
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(json.dumps(cfg.model_dump(mode="json")))  # JSON is YAML
+    out = small_disk / "run"
+    cmd = ["train", str(exp), "--set", "unet.model.base_features=64", "--out", str(out)]
+    refused = subprocess.run(LIVERLAB + cmd, cwd=tmp_path, env=ENV, check=False, capture_output=True, text=True,
+                             timeout=120)
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    line = refused.stderr.strip()
+    assert "\n" not in line and f"not enough disk space for train tiny at {out}: 4.0 MB free" in line
+    assert not out.exists()
+
+
 def _check_nothing_corrupt(root: Path) -> int:
     """Every checkpoint and JSON file left under ``root`` loads; returns how many were checked."""
     n = 0
