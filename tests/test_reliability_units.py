@@ -121,7 +121,10 @@ def test_tune_state_files_that_are_empty_or_cut_short_are_named(tmp_path):
     work = d / "trial_1" / "work" / "checkpoint" / "state.pt"
     work.parent.mkdir(parents=True)
     work.write_bytes(b"PK\x03\x04")
-    assert drop_partial_checkpoints(d) == [ckpt, work] and not ckpt.exists() and not work.exists()
+    temp = work.parent / ".state.pt.tmp-0123456789ab"
+    temp.write_bytes(b"PK")
+    assert drop_partial_checkpoints(d) == [ckpt, work, temp]
+    assert not ckpt.exists() and not work.exists() and not temp.exists()
 
 
 def test_missing_slots_keep_the_plan_order():

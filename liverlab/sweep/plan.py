@@ -159,6 +159,8 @@ def drop_partial_checkpoints(tune_dir: str | Path) -> list[Path]:
     last, so a file cut short has none (``zipfile.is_zipfile`` is False): such
     a ``.pt`` file is removed, with its whole folder when that is one of
     Tune's ``checkpoint_*`` folders (which must then hold a ``.pt`` file).
+    Temporary files of atomic writes that Tune copied along are removed too.
+    Call it only while no trial runs (before a resume, after a stop).
     """
     removed: list[Path] = []
     root = Path(tune_dir)
@@ -169,6 +171,11 @@ def drop_partial_checkpoints(tune_dir: str | Path) -> list[Path]:
             removed.append(ckpt)
     for f in sorted(root.glob("*/**/*.pt")):
         if f.is_file() and not zipfile.is_zipfile(f):
+            f.unlink(missing_ok=True)
+            removed.append(f)
+    # Tune's upload of a trial folder can catch an atomic write's temporary file (.NAME.tmp-...) mid-way.
+    for f in sorted(root.glob("*/**/.*.tmp-*")):
+        if f.is_file():
             f.unlink(missing_ok=True)
             removed.append(f)
     return removed
