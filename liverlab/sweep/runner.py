@@ -54,6 +54,7 @@ class SweepOptions:
     name: str | None = None
     report: bool = True
     live: bool = True
+    force: bool = False  # skip the disk-space check (liverlab.diskspace)
 
 
 def _apply_cli(loaded: LoadedSpace, opts: SweepOptions) -> LoadedSpace:
@@ -107,7 +108,14 @@ def _storage_root(opts: SweepOptions) -> str:
 
 
 def run_sweep(opts: SweepOptions) -> int:
-    """Run (or resume) a sweep; exit code 0, or 1 when every trial failed."""
+    """Run (or resume) a sweep; exit code 0, or 1 when every trial failed or the disk is full; 130 / 143
+    after SIGINT / SIGTERM (``liverlab.sweep.interrupt``)."""
+    from liverlab.sweep.interrupt import run_guarded
+
+    return run_guarded(opts, _run_sweep)
+
+
+def _run_sweep(opts: SweepOptions, session: Any) -> int:
     loaded = _apply_cli(load_space(opts.space, opts.set), opts)
     if opts.dry_run:
         print(dry_run_text(loaded))
@@ -130,13 +138,21 @@ def run_sweep(opts: SweepOptions) -> int:
     can_restore = tune.Tuner.can_restore(tune_dir, storage_filesystem=ray_fs)
     if can_restore and not opts.resume:
         raise LiverlabError(f"sweep {s.name!r} already exists at {sweep_loc}: add --resume to continue it, or --name NEW")
-    if opts.resume and not can_restore:
+    # A resume needs Tune's state or, when that was lost (liverlab.sweep.plan), the sweep's own file.
+    if opts.resume and not (can_restore or (local_dir / SWEEP_FILE).is_file()):
         raise LiverlabError(f"--resume: no sweep state at {sweep_loc} to resume")
+    # -- reliability (issues 19, 23): where the sweep writes, and whether it fits there, before any compute
+    from liverlab.sweep.diskcheck import check_sweep_space
+
+    uri_planned = resolve_tracking_uri(opts.tracking_uri, local_dir)
+    session.located(s.name, local_dir, tune_dir, ray_fs,
+                    check_sweep_space(loaded, local_dir, ray_fs is None, uri_planned, opts.resume, opts.force))
     local_dir.mkdir(parents=True, exist_ok=True)
 
     # Tune warns when a trial checkpoints every few seconds (tiny models do); that is expected here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     connect(opts.address)
+    session.guard.install()  # after ray.init, whose SIGTERM handlers (and native stack dumps) it replaces
     preflight(loaded)
     uri = resolve_tracking_uri(opts.tracking_uri, local_dir)
     if ray_fs is None:  # multi-node only: every node must see the shared folder and the tracking store
@@ -148,11 +164,15 @@ def run_sweep(opts: SweepOptions) -> int:
         "liverlab.sweep_key": sweep_key,
         "liverlab.space_file": str(loaded.path),
         "liverlab.version": __version__,
+        "liverlab.planned_trials": str(len(loaded.trials())),  # the report's "N of M planned trials"
         **repo_tags,
     }
     experiment_id, parent_run_id = open_sweep_run(uri, s.name, base_tags)
+    session.tracking(uri, experiment_id, parent_run_id, len(loaded.trials()))
+    from liverlab.sweep.plan import plan_record
+
     info = {"name": s.name, "tracking_uri": uri, "experiment_id": experiment_id, "parent_run_id": parent_run_id,
-            "space_file": str(loaded.path), "baseline": s.baseline, "storage": sweep_loc}
+            "space_file": str(loaded.path), "baseline": s.baseline, "storage": sweep_loc, **plan_record(loaded)}
     _write_sweep_file(sweep_loc, local_dir, json.dumps(info, indent=2))
 
     first = loaded.config(loaded.arms()[0], s.seeds[0])
@@ -173,21 +193,25 @@ def run_sweep(opts: SweepOptions) -> int:
     }
     trainable = tune.with_resources(run_trial, {"cpu": s.resources.cpu, "gpu": s.resources.gpu})
     live = LiveTable(loaded, enabled=opts.live)
+    from liverlab.sweep.interrupt import SweepGuard
+
     run_config = tune.RunConfig(
         name=s.name,
         storage_path=ray_root,
         storage_filesystem=ray_fs,
         verbose=0,
-        callbacks=[live],
+        callbacks=[live, SweepGuard()],
         failure_config=tune.FailureConfig(max_failures=s.budget.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
     )
     t0 = time.perf_counter()
-    if opts.resume:
-        tuner = tune.Tuner.restore(tune_dir, trainable, resume_errored=True, param_space={META: meta},
-                                   storage_filesystem=ray_fs)
-    else:
-        searcher = ArmSearcher(loaded)
+
+    def restore() -> Any:
+        return tune.Tuner.restore(tune_dir, trainable, resume_errored=True, param_space={META: meta},
+                                  storage_filesystem=ray_fs)
+
+    def fresh(only: list[tuple[str, int, int]] | None) -> Any:  # only: the planned trials a resume re-creates
+        searcher = ArmSearcher(loaded, only)
         single = len(s.objectives) == 1
         objective = s.objectives[0]
         if s.scheduler.type == "asha":
@@ -200,7 +224,7 @@ def run_sweep(opts: SweepOptions) -> int:
             )
         else:
             scheduler = FIFOScheduler()
-        tuner = tune.Tuner(
+        return tune.Tuner(
             trainable,
             param_space={META: meta},
             tune_config=tune.TuneConfig(
@@ -215,17 +239,17 @@ def run_sweep(opts: SweepOptions) -> int:
             ),
             run_config=run_config,
         )
-    try:
-        results = tuner.fit()
-    except KeyboardInterrupt:
-        finish_sweep_run(uri, parent_run_id, "KILLED")
-        raise
+
+    from liverlab.sweep.resume import fit_all
+
+    try:  # Ctrl-C, SIGTERM and a full disk leave through liverlab.sweep.interrupt (runs KILLED, resume line)
+        results = fit_all(session, loaded, opts.resume, restore, fresh)
     finally:
         live.close()
     elapsed = time.perf_counter() - t0
-    n_errors = results.num_errors
-    finish_sweep_run(uri, parent_run_id, "FAILED" if n_errors == len(results) else "FINISHED")
-    print(summarize(loaded, results, elapsed))
+    n_errors = sum(r.error is not None for r in results)
+    finish_sweep_run(uri, parent_run_id, "FAILED" if results and n_errors == len(results) else "FINISHED")
+    print(summarize(loaded, results, elapsed, finished=len(session.finished_slots())))
     from liverlab.tracking.ui import ui_hint
 
     print(f"results: {sweep_loc}\n{ui_hint(uri, experiment_id)}   (experiment {s.name!r})")

@@ -22,13 +22,22 @@ from liverlab.sweep.space import LoadedSpace, arm_id, define_by_run
 
 
 class ArmSearcher(Searcher):
-    def __init__(self, loaded: LoadedSpace, sampler: Callable[[int], Any] | None = None) -> None:
-        """``sampler(i)``: the Optuna sampler of the i-th arm (default: TPE seeded ``sampler_seed + i``)."""
+    """``only``: the (arm_id, seed, sample) slots to hand out (a resume re-creating lost trials); default all.
+    ``sampler(i)``: the Optuna sampler of the i-th arm (default: TPE seeded ``sampler_seed + i``)."""
+
+    def __init__(
+        self,
+        loaded: LoadedSpace,
+        only: list[tuple[str, int, int]] | None = None,
+        sampler: Callable[[int], Any] | None = None,
+    ) -> None:
         objectives = loaded.space.objectives
         metric: Any = [o.metric for o in objectives] if len(objectives) > 1 else objectives[0].metric
         mode: Any = [o.mode for o in objectives] if len(objectives) > 1 else objectives[0].mode
         super().__init__(metric=metric if isinstance(metric, str) else None, mode=mode if isinstance(mode, str) else None)
-        self._plan = [(arm, seed) for arm, seed, _ in loaded.trials()]
+        keep = None if only is None else set(only)
+        # (arm, seed, sample): the sample index is the trial's slot, tagged on its MLflow run (liverlab.sample).
+        self._plan = [(arm, seed, k) for arm, seed, k in loaded.trials() if keep is None or (arm_id(arm), seed, k) in keep]
         self._next = 0
         self._trial_arm: dict[str, str] = {}
         self._studies: dict[str, OptunaSearch | None] = {}
@@ -54,13 +63,14 @@ class ArmSearcher(Searcher):
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         if self._next >= len(self._plan):
             return Searcher.FINISHED
-        arm, seed = self._plan[self._next]
+        arm, seed, *rest = self._plan[self._next]  # sweeps saved before slots had (arm, seed)
         self._next += 1
         name = arm_id(arm)
         self._trial_arm[trial_id] = name
         study = self._studies[name]
         params = study.suggest(trial_id) if study is not None else {}
-        return {"arm": dict(arm), "arm_id": name, "seed": seed, "params": params or {}}
+        slot = {"sample": rest[0]} if rest else {}
+        return {"arm": dict(arm), "arm_id": name, "seed": seed, **slot, "params": params or {}}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         study = self._studies.get(self._trial_arm.get(trial_id, ""))
