@@ -27,13 +27,14 @@ from liverlab.tracking.writer import open_sweep_run, open_trial_run
 
 def test_first_signal_is_graceful_second_stops_at_once():
     seen: list[int] = []
+    before = signal.getsignal(signal.SIGTERM)  # SIG_DFL, or Ray's handler when an earlier test started Ray here
     with SignalGuard(lambda s: seen.append(s) or True) as guard:
         os.kill(os.getpid(), signal.SIGTERM)
         assert seen == [signal.SIGTERM] and guard.signum == signal.SIGTERM
         with pytest.raises(Stopped) as stop:
             os.kill(os.getpid(), signal.SIGINT)
     assert stop.value.exit_code == 143  # the first signal decides the exit code
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
+    assert signal.getsignal(signal.SIGTERM) is before  # restored
     with SignalGuard() as guard, pytest.raises(Stopped) as stop:  # no graceful path: stop at once
         os.kill(os.getpid(), signal.SIGINT)
     assert stop.value.exit_code == 130 and isinstance(stop.value, KeyboardInterrupt)
