@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Plot a metric's history per logged step (EssNet epochs, U-Net iterations) (default val/iou) for each arm of a sweep: mean and 95 % t band.
+"""Plot a metric's history per logged step (EssNet epochs, U-Net iterations) (default val/iou)
+for each arm of a sweep: mean and 95 % t band.
 
     python analysis/learning_curves.py sweeps/liver --out curves.png
     python analysis/learning_curves.py exp --tracking-uri sqlite:///runs/mlflow.db --key train/loss --all-runs

@@ -207,9 +207,12 @@ def main(argv: list[str] | None = None) -> int:
         r = run_fold(cfg, out / f"fold{k}")
         results.append(r)
         for row in r["rows"]:
-            print(f"fold {k}: patient {row['case_id']}: IoU {row['iou']:.4f} Dice {row['dice']:.4f} "
-                  f"RAVD {row['ravd']:.1f} % ASSD {row['assd']:.2f} mm MSSD {row['mssd']:.1f} mm | "
-                  f"train {r['train_wall_s']:.0f} s wall, {r['train_cpu_s']:.0f} s CPU ({r['threads']} threads)", flush=True)
+            print(
+                f"fold {k}: patient {row['case_id']}: IoU {row['iou']:.4f} Dice {row['dice']:.4f} "
+                f"RAVD {row['ravd']:.1f} % ASSD {row['assd']:.2f} mm MSSD {row['mssd']:.1f} mm | "
+                f"train {r['train_wall_s']:.0f} s wall, {r['train_cpu_s']:.0f} s CPU ({r['threads']} threads)",
+                flush=True,
+            )
 
     rows = [{**row, "fold": r["fold"]} for r in results for row in r["rows"]]
     stats = summarise(rows)
@@ -236,8 +239,11 @@ def main(argv: list[str] | None = None) -> int:
     iou = stats["iou"]
     print(f"{len(rows)} test patients: IoU mean {iou['mean']:.4f} (95 % CI {iou['ci95'][0]:.4f}-{iou['ci95'][1]:.4f}), "
           f"median {iou['median']:.4f}, worst {iou['worst']:.4f} ({iou['worst_patient']})")
-    print(f"train per fold: {', '.join(f'{w:.0f}' for w in summary['train_wall_s_per_fold'])} s wall, "
-          f"{', '.join(f'{c:.0f}' for c in summary['train_cpu_s_per_fold'])} s CPU; this call {summary['this_call_wall_s']:.0f} s wall")
+    print(
+        f"train per fold: {', '.join(f'{w:.0f}' for w in summary['train_wall_s_per_fold'])} s wall, "
+        f"{', '.join(f'{c:.0f}' for c in summary['train_cpu_s_per_fold'])} s CPU; "
+        f"this call {summary['this_call_wall_s']:.0f} s wall"
+    )
     print(f"wrote {path}" + ("" if args.json else f" and {out / 'results.md'}"))
     return 0
 

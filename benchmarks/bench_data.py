@@ -57,7 +57,12 @@ def main() -> None:
         generate_phantoms(root, patients=args.patients, size=args.size, slices=args.slices, seed=0, progress=False)
         gen_s, gen_cpu = time.perf_counter() - t0, time.process_time() - c0
         shape = f"{args.size}x{args.size}x{args.slices}"
-        rows.append((f"phantoms: {args.patients} patients {shape} (CT+MRI, NIfTI, manifests)", f"{gen_s:.2f} s wall ({gen_cpu:.2f} s CPU)"))
+        rows.append(
+            (
+                f"phantoms: {args.patients} patients {shape} (CT+MRI, NIfTI, manifests)",
+                f"{gen_s:.2f} s wall ({gen_cpu:.2f} s CPU)",
+            )
+        )
 
         kw = dict(size=args.size, empty_slice_fraction=1.0)
         t0 = time.perf_counter()
@@ -66,7 +71,9 @@ def main() -> None:
         n = _pass(cold)
         cold_s = time.perf_counter() - t0
         rows.append((f"cache build only ({n} slices from NIfTI)", f"{build_s:.2f} s = {n / build_s:,.0f} slices/s"))
-        rows.append(("cold: build + one pass through SegmentationSlices", f"{cold_s:.2f} s = {n / cold_s:,.0f} slices/s"))
+        rows.append(
+            ("cold: build + one pass through SegmentationSlices", f"{cold_s:.2f} s = {n / cold_s:,.0f} slices/s")
+        )
 
         best = float("inf")
         for _ in range(args.repeats):
@@ -75,7 +82,9 @@ def main() -> None:
             assert warm.build_id == cold.build_id  # reused, not rebuilt
             _pass(warm)
             best = min(best, time.perf_counter() - t0)
-        rows.append(("warm: reuse memmap + one pass through SegmentationSlices", f"{best:.3f} s = {n / best:,.0f} slices/s"))
+        rows.append(
+            ("warm: reuse memmap + one pass through SegmentationSlices", f"{best:.3f} s = {n / best:,.0f} slices/s")
+        )
         rows.append(("warm / cold speed-up", f"{cold_s / best:.0f}x"))
 
     width = max(len(k) for k, _ in rows)

@@ -40,6 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 
 from bench_models import cpu_name, step_flops  # noqa: E402
+
 from liverlab import verbosity  # noqa: E402
 from liverlab.train import precision as P  # noqa: E402
 
@@ -76,7 +77,9 @@ def matmul_peaks(device: torch.device, n: int, clock: Clock) -> dict[str, float]
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)):
         a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
         try:
-            peaks[name] = 2 * n**3 / clock.median_s(lambda a=a, b=b: torch.mm(a, b), warmup=2, iters=10, best=True) / 1e12
+            peaks[name] = (
+                2 * n**3 / clock.median_s(lambda a=a, b=b: torch.mm(a, b), warmup=2, iters=10, best=True) / 1e12
+            )
         except RuntimeError:  # e.g. no bf16 GEMM on an older GPU
             peaks[name] = float("nan")
     return peaks
@@ -243,8 +246,16 @@ def packing(root: Path, size: int, iterations: int, device: torch.device, work: 
             experiment = client.get_experiment_by_name(name)
             runs = [r for r in client.search_runs([experiment.experiment_id]) if "mlflow.parentRunId" in r.data.tags]
             span = (max(r.info.end_time for r in runs) - min(r.info.start_time for r in runs)) / 1000
-            rows.append({"at_once": at_once, "gpu": gpu, "span_s": span, "per_hour": 3600 * len(runs) / span, "wall_s": wall,
-                         "device": runs[0].data.tags.get("liverlab.device", "?")})
+            rows.append(
+                {
+                    "at_once": at_once,
+                    "gpu": gpu,
+                    "span_s": span,
+                    "per_hour": 3600 * len(runs) / span,
+                    "wall_s": wall,
+                    "device": runs[0].data.tags.get("liverlab.device", "?"),
+                }
+            )
     finally:
         ray.shutdown()
     return rows
@@ -267,10 +278,12 @@ def report(info: dict[str, Any], peaks: dict[str, float], rows: list[dict[str, A
            "| model | precision | layout | compile | GFLOP/step | step ms | img/s | TFLOP/s | / same-dtype peak "
            "| GPU memory peak MiB | first step s |", "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        out.append(f"| {r['model']} | {peak_name[r['precision']]} | {'channels_last' if r['cl'] else 'NCHW'} | "
-                   f"{'on' if r['compile'] else 'off'} | {r['gflop']:.0f} | {1000 * r['step_s']:.1f} | {r['img_s']:.1f} "
-                   f"| {r['tflops']:.2f} | {r['tflops'] / peaks[r['precision']]:.0%} | "
-                   f"{_mib(r['mem_mib'])} | {r['first_s']:.1f} |")
+        out.append(
+            f"| {r['model']} | {peak_name[r['precision']]} | {'channels_last' if r['cl'] else 'NCHW'} | "
+            f"{'on' if r['compile'] else 'off'} | {r['gflop']:.0f} | {1000 * r['step_s']:.1f} | {r['img_s']:.1f} "
+            f"| {r['tflops']:.2f} | {r['tflops'] / peaks[r['precision']]:.0%} | "
+            f"{_mib(r['mem_mib'])} | {r['first_s']:.1f} |"
+        )
     ess = [r["tflops"] / peaks["bf16"] for r in rows if r["model"] == "essnet" and r["precision"] == "bf16"]
     if ess:
         out += ["", f"EssNet step, best bf16 row: **{max(ess):.0%} of bf16 peak** (target >= {ESSNET_TARGET:.0%}: "
@@ -286,8 +299,11 @@ def report(info: dict[str, Any], peaks: dict[str, float], rows: list[dict[str, A
         out += [f"| workers {r['workers']}, pin_memory {'on' if r['pin'] else 'off'} | {r['img_s']:.0f} | "
                 f"{r['img_s'] / best:.2f}x |" for r in loader]
     if packed:
-        out += ["", "| packing: 4 U-Net trials via `liverlab sweep` | trials span s | trials/hour | speed-up | command s |",
-                "|---|---:|---:|---:|---:|"]
+        out += [
+            "",
+            "| packing: 4 U-Net trials via `liverlab sweep` | trials span s | trials/hour | speed-up | command s |",
+            "|---|---:|---:|---:|---:|",
+        ]
         for r in packed:
             how = "one at a time, 1 GPU each" if r["at_once"] == 1 else f"{r['at_once']} at once, {r['gpu']:g} GPU each"
             out.append(f"| {how} (trials on {r['device']}) | {r['span_s']:.1f} | "
@@ -334,7 +350,9 @@ def main(argv: list[str] | None = None) -> int:
     n = 8192 if cuda else 1024
     peaks = matmul_peaks(device, n, clock)
     print(f"{name}: matmul peaks " + ", ".join(f"{k} {v:.2f}" for k, v in peaks.items()) + " TFLOP/s", flush=True)
-    precs = [p for p in ("fp32", "bf16", "fp16") if (p != "fp16" or cuda) and not (cuda and p == "bf16" and cap < (8, 0))]
+    precs = [
+        p for p in ("fp32", "bf16", "fp16") if (p != "fp16" or cuda) and not (cuda and p == "bf16" and cap < (8, 0))
+    ]
     flops: dict[str, float] = {}
     rows = []
     for make in (unet_step, essnet_step):
@@ -351,8 +369,15 @@ def main(argv: list[str] | None = None) -> int:
         loader = loader_rates(root, size, device, batches=50 if cuda else 10)
         if cuda:
             torch.cuda.empty_cache()  # the trials below share this GPU with this process
-        print("loader: " + ", ".join(f"w{r['workers']} pin {r['pin']}: {r['img_s']:.0f} img/s" for r in loader), flush=True)
-        packed = [] if args.no_packing else packing(root, size, args.pack_iterations or (500 if cuda else 10), device, Path(tmp))
+        print(
+            "loader: " + ", ".join(f"w{r['workers']} pin {r['pin']}: {r['img_s']:.0f} img/s" for r in loader),
+            flush=True,
+        )
+        packed = (
+            []
+            if args.no_packing
+            else packing(root, size, args.pack_iterations or (500 if cuda else 10), device, Path(tmp))
+        )
         for r in packed:
             print(f"packing {r['at_once']} at once x {r['gpu']:g} GPU: {r['per_hour']:.0f} trials/hour", flush=True)
     if args.no_compile or not cuda:
@@ -361,12 +386,16 @@ def main(argv: list[str] | None = None) -> int:
         for make in (unet_step, essnet_step):
             for cl in (False, True):
                 if time.perf_counter() - t_start > args.budget_s:
-                    notes.append(f"compile row {make.__name__} {auto} cl={cl} skipped: --budget-s {args.budget_s:g} spent")
+                    notes.append(
+                        f"compile row {make.__name__} {auto} cl={cl} skipped: --budget-s {args.budget_s:g} spent"
+                    )
                     continue
                 try:
                     rows.append(bench_row(make, device, size, auto, cl, True, flops, clock, iters))
                 except Exception as exc:  # noqa: BLE001 - "where it works": a failed compile is a finding
-                    notes.append(f"torch.compile failed for {make.__name__} ({auto}, cl={cl}): {type(exc).__name__}: {exc}")
+                    notes.append(
+                        f"torch.compile failed for {make.__name__} ({auto}, cl={cl}): {type(exc).__name__}: {exc}"
+                    )
     info = {"device": name, "auto": auto, "size": size, "n": n, "cuda": cuda, "elapsed": time.perf_counter() - t_start}
     text = report(info, peaks, rows, loader, packed, notes)
     args.output.write_text(text)

@@ -35,10 +35,10 @@ def before_after(checkpoint: Path, data: Path, split: str | None) -> list[dict[s
     import numpy as np
     from scipy import ndimage
 
-    from liverlab.train import common
-    from liverlab.train import data as tdata
     from liverlab.infer.evaluate import native_predictions
     from liverlab.infer.segment import load_unet
+    from liverlab.train import common
+    from liverlab.train import data as tdata
 
     device = common.select_device("auto")
     model, config = load_unet(checkpoint, device)
@@ -54,7 +54,15 @@ def before_after(checkpoint: Path, data: Path, split: str | None) -> list[dict[s
             mask = post.apply(raw, settings)
             m = segmentation_metrics(mask > 0, label, vol.spacing)
             n = ndimage.label(mask > 0, structure=np.ones((3, 3, 3)))[1]
-            rows.append({"case": case, "stage": stage, "components": n, "label_holes": label_holes, **{k: float(m[k]) for k in SHOWN}})
+            rows.append(
+                {
+                    "case": case,
+                    "stage": stage,
+                    "components": n,
+                    "label_holes": label_holes,
+                    **{k: float(m[k]) for k in SHOWN},
+                }
+            )
     return rows
 
 

@@ -250,7 +250,9 @@ def main(argv: list[str] | None = None) -> int:
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-        os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            [str(REPO), str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]
+        )
         synthetic = prepare(size, out)
         ray.init(address="local", num_cpus=args.max_concurrent, include_dashboard=False, log_to_driver=False)
         try:
@@ -259,8 +261,11 @@ def main(argv: list[str] | None = None) -> int:
                 t0 = time.perf_counter()
                 record = run_one(size, out, args, synthetic, strategy, budget, repeat)
                 write_json_atomic(out / "results" / f"{record['run']}.json", record)
-                print(f"  [{k}/{len(todo)}] {record['run']}: {len(record['trials'])} trials, "
-                      f"{time.perf_counter() - t0:.0f} s wall ({(time.perf_counter() - start) / 60:.1f} min so far)", flush=True)
+                print(
+                    f"  [{k}/{len(todo)}] {record['run']}: {len(record['trials'])} trials, "
+                    f"{time.perf_counter() - t0:.0f} s wall ({(time.perf_counter() - start) / 60:.1f} min so far)",
+                    flush=True,
+                )
         finally:
             ray.shutdown()
     table = summarise(out, args.metric)

@@ -136,8 +136,8 @@ def plan(space_path: str, extra_set: list[str]) -> list[dict[str, Any]]:
 
     Pipeline trials share a translator per ``essnet_key`` (the cache); essnet-stage trials each train one.
     """
-    from liverlab.train.pipeline import essnet_key
     from liverlab.train.judge import judge_config, judge_iterations
+    from liverlab.train.pipeline import essnet_key
 
     space = load_space(space_path, extra_set)
     trials = [space.config(arm, seed) for arm, seed, _ in space.trials()]
@@ -160,8 +160,15 @@ def plan(space_path: str, extra_set: list[str]) -> list[dict[str, Any]]:
     if unets:
         if len({c.unet.iterations for c in unets}) != 1:
             raise SystemExit("U-Net trials differ in unet.iterations: this counter assumes one budget for every arm")
-        rows.append({"what": f"U-Net trials ({len(space.arms())} arms x {len(space.space.seeds)} seeds)", "kind": "unet",
-                     "config": unets[0], "count": len(unets), "steps": unets[0].unet.iterations})
+        rows.append(
+            {
+                "what": f"U-Net trials ({len(space.arms())} arms x {len(space.space.seeds)} seeds)",
+                "kind": "unet",
+                "config": unets[0],
+                "count": len(unets),
+                "steps": unets[0].unet.iterations,
+            }
+        )
     return rows
 
 

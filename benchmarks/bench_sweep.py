@@ -78,7 +78,9 @@ def reporting_trial(config: dict) -> None:
     if config["mode"] == "liverlab":
         from liverlab.tracking.writer import open_trial_run
 
-        tracker = open_trial_run(config["uri"], config["experiment_id"], config["parent"], tune.get_context().get_trial_id(), {})
+        tracker = open_trial_run(
+            config["uri"], config["experiment_id"], config["parent"], tune.get_context().get_trial_id(), {}
+        )
     spent = 0.0
     for i in range(config["reports"]):
         metrics = {f"val/m{j}": float(i * j) for j in range(N_KEYS)}
@@ -98,8 +100,11 @@ def bench_tracking(uri: str, folder: Path, reports: int) -> dict[str, float]:
     # Ray's stock callback (driver side).
     cb = TimedMLflowLoggerCallback(tracking_uri=uri, experiment_name="stock")
     t0 = time.perf_counter()
-    tune.Tuner(reporting_trial, param_space={"mode": "stock", "reports": reports},
-               run_config=tune.RunConfig(name="stock", storage_path=str(folder / "ray"), callbacks=[cb], verbose=0)).fit()
+    tune.Tuner(
+        reporting_trial,
+        param_space={"mode": "stock", "reports": reports},
+        run_config=tune.RunConfig(name="stock", storage_path=str(folder / "ray"), callbacks=[cb], verbose=0),
+    ).fit()
     out["stock_wall_s"] = time.perf_counter() - t0
     out["stock_driver_ms_per_report"] = 1000 * sum(cb.seconds) / max(1, len(cb.seconds))
     # liverlab: logging inside the trial; no driver callback.
@@ -147,12 +152,20 @@ def bench_trial_share(folder: Path, seconds: float) -> dict[str, float]:
     sweep_wall = time.perf_counter() - t0
     info = json.loads((folder / "sweeps" / "share" / SWEEP_FILE).read_text())
     client = MlflowClient(info["tracking_uri"])
-    run = client.search_runs([info["experiment_id"]], filter_string=f"tags.mlflow.parentRunId = '{info['parent_run_id']}'")[0]
+    run = client.search_runs(
+        [info["experiment_id"]], filter_string=f"tags.mlflow.parentRunId = '{info['parent_run_id']}'"
+    )[0]
     wall = (run.info.end_time - run.info.start_time) / 1000
     train = sum(m.value for m in client.get_metric_history(run.info.run_id, "time/train_s"))
     val = sum(m.value for m in client.get_metric_history(run.info.run_id, "time/val_s"))
-    return {"trial_wall_s": wall, "sweep_wall_s": sweep_wall, "train_s": train, "val_s": val, "train_share": train / wall,
-            "train_val_share": (train + val) / wall}
+    return {
+        "trial_wall_s": wall,
+        "sweep_wall_s": sweep_wall,
+        "train_s": train,
+        "val_s": val,
+        "train_share": train / wall,
+        "train_val_share": (train + val) / wall,
+    }
 
 
 def main() -> None:
@@ -170,10 +183,15 @@ def main() -> None:
         server.wait()
     share = bench_trial_share(folder, args.trial_seconds)
     ray.shutdown()
-    print(f"\n## Sweep overheads ({time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs, {args.reports} reports x {N_KEYS} metrics)\n")
+    print(
+        f"\n## Sweep overheads ({time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs, "
+        f"{args.reports} reports x {N_KEYS} metrics)\n"
+    )
     print("| tracker | scheduler (driver) time per report | trial-side time per report | wall time |")
     print("|---|---:|---:|---:|")
-    print(f"| Ray MLflowLoggerCallback | {tr['stock_driver_ms_per_report']:.1f} ms | 0 ms | {tr['stock_wall_s']:.1f} s |")
+    print(
+        f"| Ray MLflowLoggerCallback | {tr['stock_driver_ms_per_report']:.1f} ms | 0 ms | {tr['stock_wall_s']:.1f} s |"
+    )
     print(f"| liverlab (batched, in trial) | {tr['liverlab_driver_ms_per_report']:.1f} ms | "
           f"{tr['liverlab_trial_ms_per_report']:.3f} ms | {tr['liverlab_wall_s']:.1f} s |")
     print(f"\nliverlab U-Net trial: wall {share['trial_wall_s']:.1f} s, in training steps {share['train_s']:.1f} s "

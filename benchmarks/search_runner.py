@@ -56,7 +56,9 @@ def bench_trial(config: dict[str, Any]) -> None:
     torch.set_num_threads(1)
     meta = config["bench"]
     params = {**config["arm"], **config["params"]}
-    cfg = config_from_dict(meta["base"], {**meta["overrides"], **params, "seed": config["seed"]}, source=meta["space_file"])
+    cfg = config_from_dict(
+        meta["base"], {**meta["overrides"], **params, "seed": config["seed"]}, source=meta["space_file"]
+    )
     ctx = tune.get_context()
     record: dict[str, Any] = {"trial_id": ctx.get_trial_id(), "params": params, "started": started, "reports": [],
                               "completed": False, "test": {}}

@@ -58,7 +58,9 @@ def run_rows(records: list[dict[str, Any]], metric: str) -> tuple[list[dict[str,
             g = by_config.get(config_key(t["params"]))
             off_grid += g is None
             if g and t["completed"]:
-                diffs.append(max(abs(final(t, metric) - final(g, metric)), abs(t["test"]["test/iou"] - g["test"]["test/iou"])))
+                diffs.append(
+                    max(abs(final(t, metric) - final(g, metric)), abs(t["test"]["test/iou"] - g["test"]["test/iou"]))
+                )
         stopped = sum(len(t["reports"]) < rec["max_t"] for t in rec["trials"])
         spent = sum(t["trial_s"] for t in rec["trials"])
         rows.append({
@@ -69,7 +71,8 @@ def run_rows(records: list[dict[str, Any]], metric: str) -> tuple[list[dict[str,
             "compute_s": spent, "compute_frac": spent / grid_s,
             "cpu_frac": sum(t["cpu_s"] for t in rec["trials"]) / grid_cpu,
             "rounds_frac": sum(len(t["reports"]) for t in rec["trials"]) / grid_rounds,
-            "pick": json.dumps(chosen["params"] if chosen else None), "pick_val": final(chosen, metric) if chosen else None,
+            "pick": json.dumps(chosen["params"] if chosen else None),
+            "pick_val": final(chosen, metric) if chosen else None,
             "pick_test_iou": test,
             "test_regret_points": 100 * (ref_test - test) if test is not None else None,
             "val_regret_points": 100 * (ref_val - final(chosen, metric)) if chosen else None,
@@ -82,7 +85,8 @@ def run_rows(records: list[dict[str, Any]], metric: str) -> tuple[list[dict[str,
         "oracle_params": oracle["params"], "trial_s_median": statistics.median(t["trial_s"] for t in full),
         "cpu_s_median": statistics.median(t["cpu_s"] for t in full), "max_repro_diff": max(diffs, default=0.0),
         "rung_correlation": rung_correlation(grid, metric) if len(full) > 2 else [],
-        "n_repro": len(diffs), "off_grid": off_grid, "max_t": grid["max_t"], "total_wall_s": sum(r["wall_s"] for r in records),
+        "n_repro": len(diffs), "off_grid": off_grid, "max_t": grid["max_t"],
+        "total_wall_s": sum(r["wall_s"] for r in records),
     }
     return rows, info
 
@@ -132,8 +136,10 @@ def table(rows: list[dict[str, Any]], info: dict[str, Any], metric: str) -> str:
         hits = sum(x <= GOAL_POINTS + 1e-9 for x in regrets)
         lines.append(
             f"| {label} | {100 * budget:.0f} % | {len(rs)} | {_span([r['trials'] for r in rs], '{:.1f}')} "
-            f"({statistics.mean(r['stopped_early'] for r in rs):.1f}) | {statistics.mean(r['distinct_configs'] for r in rs):.1f} | "
-            f"{statistics.mean(r['compute_s'] for r in rs):.0f} ({100 * statistics.mean(r['compute_frac'] for r in rs):.0f} % / "
+            f"({statistics.mean(r['stopped_early'] for r in rs):.1f}) | "
+            f"{statistics.mean(r['distinct_configs'] for r in rs):.1f} | "
+            f"{statistics.mean(r['compute_s'] for r in rs):.0f} "
+            f"({100 * statistics.mean(r['compute_frac'] for r in rs):.0f} % / "
             f"{100 * statistics.mean(r['cpu_frac'] for r in rs):.0f} %) | "
             f"{_span(tests, '{:.3f}') if tests else '-'} | {_span(regrets) if regrets else '-'} | "
             f"{_span([r['val_regret_points'] for r in rs if r['val_regret_points'] is not None])} | {hits}/{len(rs)} |"
@@ -143,8 +149,10 @@ def table(rows: list[dict[str, Any]], info: dict[str, Any], metric: str) -> str:
     verdicts = []
     for g in goal:
         hits = sum((r["test_regret_points"] or 1e9) <= GOAL_POINTS for r in g)
-        verdicts.append(f"{g[0]['label']} at {100 * g[0]['budget']:.0f} %: {hits}/{len(g)} repeats within {GOAL_POINTS:g} point "
-                        f"({'met' if 3 * hits >= 2 * len(g) else 'not met'})")
+        verdicts.append(
+            f"{g[0]['label']} at {100 * g[0]['budget']:.0f} %: {hits}/{len(g)} repeats within {GOAL_POINTS:g} point "
+            f"({'met' if 3 * hits >= 2 * len(g) else 'not met'})"
+        )
     lines += [
         "",
         "Goal (TPE + ASHA within 1 IoU point of the grid's pick with <= 30 % of its compute in >= 2 of 3 repeats): "
@@ -172,7 +180,10 @@ def figure(rows: list[dict[str, Any]], path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), dpi=100, sharex=True)
     labels = sorted({r["label"] for r in rows}, key=lambda lab: (ORDER.get(lab.split("-")[0], 9), lab))
-    for ax, key, title in ((axes[0], "test_regret_points", "test IoU regret"), (axes[1], "val_regret_points", "validation regret")):
+    for ax, key, title in (
+        (axes[0], "test_regret_points", "test IoU regret"),
+        (axes[1], "val_regret_points", "validation regret"),
+    ):
         for i, label in enumerate(labels):
             rs = [r for r in rows if r["label"] == label and r[key] is not None]
             color = f"C{i}"

@@ -55,7 +55,9 @@ def outlier_reasons(row: Mapping[str, Any]) -> list[str]:
     reasons: list[str] = []
     dice = _num(row.get("dice"))
     if "dice" in row and (dice is None or math.isnan(dice) or dice < DICE_MIN):
-        reasons.append(f"Dice {dice:.2f} < {DICE_MIN:g}" if dice is not None and not math.isnan(dice) else "Dice missing")
+        reasons.append(
+            f"Dice {dice:.2f} < {DICE_MIN:g}" if dice is not None and not math.isnan(dice) else "Dice missing"
+        )
     ravd = _num(row.get("ravd"))
     if ravd is not None and (math.isnan(ravd) or abs(ravd) > RAVD_MAX_PCT):
         reasons.append(f"|RAVD| {abs(ravd):.1f} % > {RAVD_MAX_PCT:g} %" if not math.isnan(ravd) else "RAVD missing")

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from scipy import stats as sps
 from report_fixtures import ESSNET_IOU, NONE_IOU, known_store
+from scipy import stats as sps
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = ("compare_sweeps.py", "latex_table.py", "learning_curves.py")

@@ -30,7 +30,9 @@ def _missing_help(parser: argparse.ArgumentParser, path: list[str]) -> list[str]
 def test_every_data_and_export_option_has_help() -> None:
     parser = build_parser()
     subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    missing = [m for cmd in ("data", "export", "show-config", "validate") for m in _missing_help(subs.choices[cmd], [cmd])]
+    missing = [
+        m for cmd in ("data", "export", "show-config", "validate") for m in _missing_help(subs.choices[cmd], [cmd])
+    ]
     assert missing == []
     assert "first steps" in (parser.epilog or "")
 
@@ -95,7 +97,10 @@ def test_phantoms_need_two_patients_and_say_what_next(tmp_path: Path, capsys) ->
     assert main(["data", "phantoms", "--out", str(tmp_path / "one"), "--patients", "1"]) == 2
     assert "--patients must be at least 2" in capsys.readouterr().err
     assert not (tmp_path / "one").exists()
-    assert main(["data", "phantoms", "--out", str(tmp_path / "p"), "--patients", "2", "--size", "16", "--slices", "4"]) == 0
+    assert (
+        main(["data", "phantoms", "--out", str(tmp_path / "p"), "--patients", "2", "--size", "16", "--slices", "4"])
+        == 0
+    )
     assert f"next: liverlab data inspect {tmp_path / 'p'}" in capsys.readouterr().out
 
 
@@ -105,7 +110,8 @@ def test_train_imports_on_first_use(phantom_root: Path, tmp_path: Path, capsys) 
 
     src = phantom_root / "mri"
     spec = f"{{kind: nifti, images: {src}/imagesTr/*_0000.nii.gz, labels: {src}/labelsTr/*.nii.gz, modality: mri}}"
-    args = ["train", str(TINY), "--set", "data.root=null", "--set", "data.phantom=null", "--set", f"data.mri={tmp_path / 'mri'}",
+    args = ["train", str(TINY), "--set", "data.root=null", "--set", "data.phantom=null",
+            "--set", f"data.mri={tmp_path / 'mri'}",
             "--set", f"data.import={spec}", "--set", "unet.iterations=2", "--set", "unet.val_every=2",
             "--no-track", "--out", str(tmp_path / "run")]  # fmt: skip
     assert main(args) == 0

@@ -31,9 +31,9 @@ from typing import Any
 
 import pytest
 import yaml
+from conftest import TINY
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY
 from liverlab.cli import main
 from liverlab.errors import LiverlabError
 from liverlab.sweep.doctor import run_doctor
@@ -128,8 +128,13 @@ def test_trials_of_one_sweep_run_on_both_nodes(cluster: SimCluster, phantom_root
 
 def test_losing_a_worker_node_mid_trial_resumes_its_trial_elsewhere(cluster: SimCluster, phantom_root: Path) -> None:
     iterations, val_every = 160, 4  # 40 reports
-    space = _space(cluster.root, phantom_root, "node_loss", set={"unet.iterations": iterations, "unet.val_every": val_every},
-                   budget={"samples_per_arm": 1, "max_concurrent": 2, "max_failures": 2})
+    space = _space(
+        cluster.root,
+        phantom_root,
+        "node_loss",
+        set={"unet.iterations": iterations, "unet.val_every": val_every},
+        budget={"samples_per_arm": 1, "max_concurrent": 2, "max_failures": 2},
+    )
     storage = cluster.root / "shared"
     sweep_dir = storage / "node_loss"
     removed: dict[str, str] = {}

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO, TINY
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO, TINY
 from liverlab.cli import main
 from liverlab.data.nifti import load_volume, save_volume
 
@@ -43,7 +43,15 @@ def test_train_records_an_mlflow_run(trained, capsys):
 def test_synthesize_writes_nnunet_dataset_and_reuses_it(trained, phantom_root, tmp_path, capsys):
     essnet, _ = trained
     out = tmp_path / "synthetic"
-    args = ["synthesize", "--checkpoint", str(essnet / "checkpoint"), "--data", str(phantom_root / "ct"), "--out", str(out)]
+    args = [
+        "synthesize",
+        "--checkpoint",
+        str(essnet / "checkpoint"),
+        "--data",
+        str(phantom_root / "ct"),
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     dataset = json.loads((out / "dataset.json").read_text())
     assert dataset["channel_names"] == {"0": "MRI"} and dataset["numTraining"] == 6
@@ -52,7 +60,10 @@ def test_synthesize_writes_nnunet_dataset_and_reuses_it(trained, phantom_root, t
     stamp = (out / "provenance.json").stat().st_mtime_ns
     assert main(args) == 0  # same checkpoint and data: reused, not rewritten
     assert (out / "provenance.json").stat().st_mtime_ns == stamp
-    ct = load_volume(phantom_root / "ct" / "imagesTr" / "phantom_000_0000.nii.gz", phantom_root / "ct" / "labelsTr" / "phantom_000.nii.gz")
+    ct = load_volume(
+        phantom_root / "ct" / "imagesTr" / "phantom_000_0000.nii.gz",
+        phantom_root / "ct" / "labelsTr" / "phantom_000.nii.gz",
+    )
     syn = load_volume(out / "imagesTr" / "phantom_000_0000.nii.gz", out / "labelsTr" / "phantom_000.nii.gz")
     assert np.array_equal(ct.label, syn.label) and np.allclose(ct.affine, syn.affine)
     assert prov["source_manifest_hash"] and "essnet" in prov["config"]

@@ -8,8 +8,8 @@ import torch
 
 from liverlab.config import AugmentConfig, config_from_dict
 from liverlab.data.augment import FLIP_AXES, INTENSITY_OPS, Augment, RandomRange, bias_field, gaussian_blur
-from liverlab.data.preprocess import normalise
 from liverlab.data.phantoms import make_patient
+from liverlab.data.preprocess import normalise
 from liverlab.errors import LiverlabError
 
 ALWAYS = {  # every op fires, with a fixed non-trivial strength

@@ -9,9 +9,9 @@ import pytest
 from data_helpers import tiny_phantoms
 
 from liverlab.data.cache import load_slices
-from liverlab.data.preprocess import normalise, select_slices
 from liverlab.data.manifest import assign_splits, read_manifest
 from liverlab.data.nifti import load_volume
+from liverlab.data.preprocess import normalise, select_slices
 from liverlab.errors import LiverlabError
 
 
@@ -26,7 +26,9 @@ def test_normalise_ct_window_and_mri_percentiles() -> None:
     mri = np.linspace(0, 1000, 1001, dtype=np.float32)
     out = normalise(mri, "mri", mri_percentiles=(10, 90))
     assert out.min() == -1 and out.max() == 1
-    assert out[500] == pytest.approx(0.0, abs=1e-6) and out[100] == pytest.approx(-1.0) and out[900] == pytest.approx(1.0)
+    assert (
+        out[500] == pytest.approx(0.0, abs=1e-6) and out[100] == pytest.approx(-1.0) and out[900] == pytest.approx(1.0)
+    )
     assert np.all(normalise(np.full(5, 7.0, np.float32), "mri") == 0)  # constant volume: no division by zero
 
 

@@ -64,8 +64,9 @@ def test_dataset_items_carry_the_context_and_the_centre_mask():
 def test_augmentation_moves_the_context_channels_together():
     from liverlab.data.augment import Augment, RandomRange
 
-    s = _set(["a", "a", "a"], [0, 1, 2])
-    aug = Augment(rotate_degrees=30, scale=0.2, gamma=RandomRange(1.0, 0.5, 2.0), blur=RandomRange(1.0, 1.0, 1.0), seed=0)
+    aug = Augment(
+        rotate_degrees=30, scale=0.2, gamma=RandomRange(1.0, 0.5, 2.0), blur=RandomRange(1.0, 1.0, 1.0), seed=0
+    )
     image = torch.zeros(3, 16, 16)
     image[:, 4:12, 6:10] = 0.5  # the same square in every channel
     out, _ = aug(image, torch.zeros(16, 16, dtype=torch.long))

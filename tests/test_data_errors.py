@@ -114,7 +114,9 @@ def test_chaos_mask_count_differs(shared_data: Path, tmp_path: Path, capsys: pyt
     _nothing_written(out)
 
 
-def test_chaos_undecodable_transfer_syntax(shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_chaos_undecodable_transfer_syntax(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     import pydicom
     from pydicom.encaps import encapsulate
     from pydicom.uid import JPEG2000Lossless

@@ -69,7 +69,9 @@ def test_chaos_ct_dataset_json(chaos_ct: Path) -> None:
 
 def test_chaos_mr_keeps_liver_only(shared_data: Path, tmp_path: Path) -> None:
     src = shared_data / "chaos-mr-t2spir"
-    out = import_nifti(str(src / "image_[12].nii.gz"), str(src / "label_[12].nii.gz"), "mri", 1, tmp_path / "mri", progress=False)
+    out = import_nifti(
+        str(src / "image_[12].nii.gz"), str(src / "label_[12].nii.gz"), "mri", 1, tmp_path / "mri", progress=False
+    )
     df = read_manifest(out)
     assert df["case_id"].to_list() == ["mri_1", "mri_2"] and df["patient_id"].to_list() == ["mri_1", "mri_2"]
     for cid in ("1", "2"):
@@ -84,7 +86,9 @@ def test_chaos_mr_keeps_liver_only(shared_data: Path, tmp_path: Path) -> None:
 
 def test_totalseg_single_pairs(shared_data: Path, tmp_path: Path) -> None:
     ts = shared_data / "totalseg-examples"
-    ct = import_nifti(str(ts / "example_ct_sm.nii.gz"), str(ts / "example_seg.nii.gz"), "ct", 5, tmp_path / "ct", progress=False)
+    ct = import_nifti(
+        str(ts / "example_ct_sm.nii.gz"), str(ts / "example_seg.nii.gz"), "ct", 5, tmp_path / "ct", progress=False
+    )
     mr = import_nifti(
         str(ts / "example_mr_sm.nii.gz"), str(ts / "example_seg_mr.nii.gz"), "mri", 5, tmp_path / "mr", progress=False
     )
@@ -210,7 +214,9 @@ def _write_png(path: Path, label: np.ndarray) -> None:
     Image.fromarray(np.ascontiguousarray(grey.T)).save(path)
 
 
-def write_chaos_mr_tree(root: Path, src: Path, patients: tuple[str, ...], seed: int = 0) -> dict[str, tuple[np.ndarray, ...]]:
+def write_chaos_mr_tree(
+    root: Path, src: Path, patients: tuple[str, ...], seed: int = 0
+) -> dict[str, tuple[np.ndarray, ...]]:
     """A CHAOS-layout MR tree (T2SPIR and T1DUAL) from the shared NIfTI volumes; returns pid -> (image, label, affine).
 
     File names are shuffled against slice position, so only ImagePositionPatient gives the order.
@@ -238,7 +244,10 @@ def write_chaos_mr_tree(root: Path, src: Path, patients: tuple[str, ...], seed: 
             for k in range(MR_SLICES):
                 _write_dicom(pdir / sub / f"{name(names[k])}.dcm", pixels[:, :, k], affine, k, "MR", int(names[k]))
         # T1DUAL's one Ground series is named after the in-phase files (out-phase pairs by sorted name).
-        grounds = {"T2SPIR/Ground": series["T2SPIR/DICOM_anon"][1], "T1DUAL/Ground": series["T1DUAL/DICOM_anon/InPhase"][1]}
+        grounds = {
+            "T2SPIR/Ground": series["T2SPIR/DICOM_anon"][1],
+            "T1DUAL/Ground": series["T1DUAL/DICOM_anon/InPhase"][1],
+        }
         for ground, name in grounds.items():
             (pdir / ground).mkdir(parents=True)
             for k in range(MR_SLICES):
@@ -247,7 +256,9 @@ def write_chaos_mr_tree(root: Path, src: Path, patients: tuple[str, ...], seed: 
 
 
 @pytest.fixture(scope="module")
-def chaos_mr_tree(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, tuple[np.ndarray, ...]]]:
+def chaos_mr_tree(
+    shared_data: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, dict[str, tuple[np.ndarray, ...]]]:
     root = tmp_path_factory.mktemp("chaos_release")
     return root, write_chaos_mr_tree(root, shared_data / "chaos-mr-t2spir", ("1", "3"))
 
@@ -310,7 +321,9 @@ def _cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]
 
 
 @pytest.mark.parametrize("fault", ["missing_ground", "mask_count", "empty_root", "wrong_modality"])
-def test_chaos_bad_release_one_line_exit_2(chaos_mr_tree, tmp_path: Path, capsys: pytest.CaptureFixture[str], fault: str) -> None:
+def test_chaos_bad_release_one_line_exit_2(
+    chaos_mr_tree, tmp_path: Path, capsys: pytest.CaptureFixture[str], fault: str
+) -> None:
     import shutil
 
     root = tmp_path / "release"
@@ -372,7 +385,9 @@ def test_data_import_failure_leaves_nothing(chaos_mr_tree, tmp_path: Path) -> No
         {"kind": "nifti", "images": "src/image_*.nii.gz", "labels": "src/label_*.nii.gz", "modality": "mri"},
         {"kind": "chaos", "root": "no-such-release", "modality": "t2spir"},
     ])  # fmt: skip
-    with pytest.raises(LiverlabError, match=r"data.import \(chaos, modality t2spir\): .*no-such-release: no such folder"):
+    with pytest.raises(
+        LiverlabError, match=r"data.import \(chaos, modality t2spir\): .*no-such-release: no such folder"
+    ):
         dataset_dirs(cfg)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mri.lock", "src"]  # no half dataset for the next run
 

@@ -25,7 +25,9 @@ def test_manifest_columns_and_values(tiny: Path) -> None:
     row = df.row(0, named=True)
     assert row["case_id"] == row["patient_id"] == "phantom_000"
     assert row["modality"] == "ct"
-    assert row["image_path"] == "imagesTr/phantom_000_0000.nii.gz" and row["label_path"] == "labelsTr/phantom_000.nii.gz"
+    assert (
+        row["image_path"] == "imagesTr/phantom_000_0000.nii.gz" and row["label_path"] == "labelsTr/phantom_000.nii.gz"
+    )
     assert row["shape"] == [32, 32, 8] and row["spacing"] == pytest.approx([10.0, 10.0, 5.0])
     assert row["liver_voxels"] > 0 and len(row["image_sha256"]) == 64 and len(row["label_sha256"]) == 64
     from liverlab.data.atomic import sha256_file
@@ -55,7 +57,14 @@ def _fake_manifest(patient_cases: dict[str, int]) -> pl.DataFrame:
     for p, n in patient_cases.items():
         for k in range(n):
             rows.append(
-                {"case_id": f"{p}_c{k}", "patient_id": p, "modality": "mri", "image_sha256": "x", "label_sha256": "y", "split": None}
+                {
+                    "case_id": f"{p}_c{k}",
+                    "patient_id": p,
+                    "modality": "mri",
+                    "image_sha256": "x",
+                    "label_sha256": "y",
+                    "split": None,
+                }
             )
     return pl.DataFrame(rows, schema_overrides={"split": pl.String})
 

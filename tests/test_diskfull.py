@@ -124,15 +124,18 @@ def test_a_full_disk_is_refused_stopped_in_one_line_and_resumed_to_the_full_plan
                               "data.cache_dir": str(small_disk / "slices")})
     cmd = ["sweep", str(space), "--storage", str(small_disk)]
 
-    refused = subprocess.run(LIVERLAB + cmd, cwd=tmp_path, env=ENV, check=False, capture_output=True, text=True, timeout=120)
+    refused = subprocess.run(
+        LIVERLAB + cmd, cwd=tmp_path, env=ENV, check=False, capture_output=True, text=True, timeout=120
+    )
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     line = refused.stderr.strip()
     assert "\n" not in line and f"at {small_disk / 'df'}: 4.0 MB free, about" in line and "--force" in line
     assert not list(small_disk.iterdir())  # nothing written before the refusal
 
     t0 = time.monotonic()
-    full = subprocess.run(LIVERLAB + cmd + ["--force"], cwd=tmp_path, env=ENV, check=False, capture_output=True, text=True,
-                          timeout=400)
+    full = subprocess.run(
+        LIVERLAB + cmd + ["--force"], cwd=tmp_path, env=ENV, check=False, capture_output=True, text=True, timeout=400
+    )
     stop_s = time.monotonic() - t0
     out = full.stdout + full.stderr
     assert full.returncode == 1, out[-3000:]

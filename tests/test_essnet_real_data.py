@@ -8,8 +8,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-
 from conftest import tiny_config
+
 from liverlab.data.cache import SliceSet, load_slices
 from liverlab.data.preprocess import centre_fit, from_spacing, to_spacing
 
@@ -40,7 +40,9 @@ def test_one_physical_spacing_gives_one_object_size_in_both_domains(tmp_path: Pa
     _disc_volume(src, 80, 1.5, 40.0, "mri")  # 120 mm -> 48 px, no crop
     widths = {}
     for mod in ("ct", "mri"):
-        out = import_nifti(str(src / f"image_{mod}*.nii.gz"), str(src / f"label_{mod}*.nii.gz"), mod, 1, tmp_path / mod, progress=False)
+        out = import_nifti(
+            str(src / f"image_{mod}*.nii.gz"), str(src / f"label_{mod}*.nii.gz"), mod, 1, tmp_path / mod, progress=False
+        )
         s = load_slices(out, mod, size=48, empty_slice_fraction=1.0, spacing_mm=2.5)
         assert s.images.shape == (3, 48, 48)
         assert s.spacing[s.cases[0]][:2] == (2.5, 2.5)
@@ -147,6 +149,8 @@ def test_report_names_the_judges_own_iou_beside_shape_dice() -> None:
 
     from liverlab.report.figures import judge_note
 
-    units = pl.DataFrame({"arm": ["a", "b"], "metric.val/shape_dice": [0.7, 0.8], "metric.val/judge_iou": [0.81234, 0.81234]})
+    units = pl.DataFrame(
+        {"arm": ["a", "b"], "metric.val/shape_dice": [0.7, 0.8], "metric.val/judge_iou": [0.81234, 0.81234]}
+    )
     assert "0.812" in judge_note(units) and "val/judge_iou" in judge_note(units)
     assert judge_note(units.drop("metric.val/judge_iou")) == ""

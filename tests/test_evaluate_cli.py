@@ -15,15 +15,20 @@ from liverlab.cli import main
 from liverlab.config import config_from_dict
 from liverlab.data.manifest import build_manifest
 from liverlab.data.phantoms import generate_phantoms
+from liverlab.infer.commands import evaluation_result
 from liverlab.train import common
 from liverlab.train import data as tdata
-from liverlab.infer.commands import evaluation_result
 from liverlab.train.unet import build_unet
 
 
 def _config(root: Path):
-    return config_from_dict({"name": "eval", "data": {"root": str(root), "size": 32, "split": {"val": 0.2, "test": 0.2, "seed": 0}},
-                             "unet": {"model": {"depth": 2, "base_features": 4}}})
+    return config_from_dict(
+        {
+            "name": "eval",
+            "data": {"root": str(root), "size": 32, "split": {"val": 0.2, "test": 0.2, "seed": 0}},
+            "unet": {"model": {"depth": 2, "base_features": 4}},
+        }
+    )
 
 
 def _checkpoint(path: Path, root: Path, with_patients: bool = True) -> tuple[Path, set[str], set[str]]:
@@ -98,7 +103,9 @@ def test_trained_checkpoint_all_on_a_new_dataset_test_on_its_own(phantom_root, o
     capsys.readouterr()
     state = common.load_checkpoint(run / "best.pt")
     assert len(state["train_patients"]) == 5 and state["manifest_hash"]  # 4 train + 1 val of 6
-    result, err = _run(capsys, "--checkpoint", str(run / "best.pt"), "--data", str(other_root), "--out", str(tmp_path / "a"))
+    result, err = _run(
+        capsys, "--checkpoint", str(run / "best.pt"), "--data", str(other_root), "--out", str(tmp_path / "a")
+    )
     assert (result["split"], result["n_cases"], result["n_patients"]) == ("all", 4, 4)
     assert "the checkpoint's train_patients" in err
     result, err = _run(capsys, "--checkpoint", str(run / "best.pt"), "--data", str(phantom_root / "mri"),
@@ -109,10 +116,12 @@ def test_trained_checkpoint_all_on_a_new_dataset_test_on_its_own(phantom_root, o
 
 def test_own_dataset_scores_only_its_test_patients(phantom_root, tmp_path, capsys):
     ckpt, seen, test = _checkpoint(tmp_path / "run" / "best.pt", phantom_root)
-    result, err = _run(capsys, "--checkpoint", str(ckpt), "--data", str(phantom_root / "mri"), "--out", str(tmp_path / "p"))
+    result, err = _run(
+        capsys, "--checkpoint", str(ckpt), "--data", str(phantom_root / "mri"), "--out", str(tmp_path / "p")
+    )
     assert result["split"] == "test" and result["n_cases"] == len(test) == 1
     assert {c["patient_id"] for c in result["cases"]} == test and not test & seen
-    assert f"scored split test (auto): 1 case(s), 1 patient(s)" in err
+    assert "scored split test (auto): 1 case(s), 1 patient(s)" in err
     # An explicit split is obeyed, with a warning when it scores patients the checkpoint saw.
     result, err = _run(capsys, "--checkpoint", str(ckpt), "--data", str(phantom_root / "mri"), "--split", "all",
                        "--out", str(tmp_path / "p"))
@@ -132,7 +141,9 @@ def test_partly_shared_dataset_scores_the_unseen_patients(phantom_root, tmp_path
 
 def test_old_checkpoint_recomputes_its_patients_from_its_config(phantom_root, other_root, tmp_path, capsys):
     ckpt, _, test = _checkpoint(tmp_path / "old" / "best.pt", phantom_root, with_patients=False)
-    result, err = _run(capsys, "--checkpoint", str(ckpt), "--data", str(phantom_root / "mri"), "--out", str(tmp_path / "p"))
+    result, err = _run(
+        capsys, "--checkpoint", str(ckpt), "--data", str(phantom_root / "mri"), "--out", str(tmp_path / "p")
+    )
     assert result["split"] == "test" and {c["patient_id"] for c in result["cases"]} == test
     assert "older checkpoint without train_patients" in err
     result, _ = _run(capsys, "--checkpoint", str(ckpt), "--data", str(other_root), "--out", str(tmp_path / "p"))
@@ -144,7 +155,9 @@ def test_old_checkpoint_without_its_data_falls_back_to_test_and_says_so(phantom_
     shutil.copytree(phantom_root / "mri", copy / "mri")
     ckpt, _, test = _checkpoint(tmp_path / "old" / "best.pt", copy, with_patients=False)
     shutil.rmtree(copy)  # the checkpoint's training data is no longer here
-    result, err = _run(capsys, "--checkpoint", str(ckpt), "--data", str(phantom_root / "mri"), "--out", str(tmp_path / "p"))
+    result, err = _run(
+        capsys, "--checkpoint", str(ckpt), "--data", str(phantom_root / "mri"), "--out", str(tmp_path / "p")
+    )
     assert result["split"] == "test" and result["n_cases"] == 1
     assert "pass --split all if this dataset is new to the model" in err
 
@@ -188,7 +201,9 @@ def test_outlier_rules_known_answers():
 
 
 def test_mean_median_worst_known_answers():
-    r = evaluation_result(ROWS, {"split": "all", "split_requested": "auto", "split_notes": [], "n_cases": 4, "n_patients": 4})
+    r = evaluation_result(
+        ROWS, {"split": "all", "split_requested": "auto", "split_notes": [], "n_cases": 4, "n_patients": 4}
+    )
     assert r["outliers"] == ["a", "b"] and r["n_outliers"] == 2
     assert [c["flag"] != "" for c in r["cases"]] == [True, True, False, False]
     assert r["mean"]["iou"] == pytest.approx(0.575) and r["median"]["iou"] == pytest.approx(0.70)
@@ -197,13 +212,17 @@ def test_mean_median_worst_known_answers():
     assert r["median"]["mssd"] == pytest.approx(14.0)
     # An infinite distance is left out of mean and median, counted, and is the worst case.
     inf_rows = [*ROWS[2:], {**ROWS[3], "case_id": "e", "patient_id": "e", "assd": math.inf}]
-    r = evaluation_result(inf_rows, {"split": "all", "split_requested": "auto", "split_notes": [], "n_cases": 3, "n_patients": 3})
+    r = evaluation_result(
+        inf_rows, {"split": "all", "split_requested": "auto", "split_notes": [], "n_cases": 3, "n_patients": 3}
+    )
     assert r["mean"]["assd"] == pytest.approx(0.75) and r["n_inf"]["assd"] == 1 and r["worst"]["assd"] == math.inf
 
 
 def test_cases_of_one_patient_weigh_once():
     rows = [{**ROWS[2], "case_id": "c1"}, {**ROWS[2], "case_id": "c2", "iou": 0.6}, ROWS[3]]
-    r = evaluation_result(rows, {"split": "all", "split_requested": "auto", "split_notes": [], "n_cases": 3, "n_patients": 2})
+    r = evaluation_result(
+        rows, {"split": "all", "split_requested": "auto", "split_notes": [], "n_cases": 3, "n_patients": 2}
+    )
     assert r["mean"]["iou"] == pytest.approx((0.7 + 0.9) / 2) and r["worst"]["iou"] == pytest.approx(0.7)
 
 

@@ -9,15 +9,15 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-
 from conftest import TINY, ReportLog
+
 from liverlab.cli import main
 from liverlab.config import PostprocessConfig, config_from_dict, read_yaml
 from liverlab.data.nifti import load_volume
 from liverlab.errors import LiverlabError
-from liverlab.train import data as tdata
 from liverlab.infer.evaluate import METRICS, case_metrics, evaluate_files, native_case_metrics, predict_slices
 from liverlab.infer.segment import load_unet, segment_dataset
+from liverlab.train import data as tdata
 from liverlab.train.unet import train_unet
 
 
@@ -29,8 +29,13 @@ def _config(root: Path, context_slices: int = 0, **overrides: object):
     raw["data"]["size"] = 16
     # 30 steps at a high learning rate: a poor but non-empty prediction (test IoU ~0.46), so the
     # equalities below compare finite, non-trivial numbers.
-    raw["unet"] = {"model": {"depth": 2, "base_features": 4, "context_slices": context_slices}, "iterations": 30, "val_every": 30, "batch_size": 4,
-                   "optim": {"lr": 1e-2}}
+    raw["unet"] = {
+        "model": {"depth": 2, "base_features": 4, "context_slices": context_slices},
+        "iterations": 30,
+        "val_every": 30,
+        "batch_size": 4,
+        "optim": {"lr": 1e-2},
+    }
     return config_from_dict(raw, dict(overrides), source=str(TINY))
 
 
@@ -147,8 +152,8 @@ def test_to_native_inverts_the_spacing_crop_exactly():
 
 def test_to_native_roundtrip_of_a_phantom_label(phantom_root):
     from liverlab.data.preprocess import axial_slices, resize_slices, to_spacing
-    from liverlab.metrics import iou
     from liverlab.infer.evaluate import to_native
+    from liverlab.metrics import iou
 
     vol = load_volume(phantom_root / "mri" / "labelsTr" / "phantom_000.nii.gz")
     label = axial_slices((vol.image > 0).astype(np.uint8), np.arange(vol.shape[2]))
@@ -172,8 +177,13 @@ def test_native_grid_reads_the_cache_spacing(phantom_root):
     plain = _config(phantom_root)
     spaced = _config(phantom_root, **{"data.spacing_mm": 15.0})
     case = tdata.cases_in(plain.data.mri_dir, plain, "test")[0]
-    assert slice_grid_spacing_mm(tdata.load(plain, plain.data.mri_dir, "mri", None, all_slices=True, cases=[case])) is None
-    assert slice_grid_spacing_mm(tdata.load(spaced, spaced.data.mri_dir, "mri", None, all_slices=True, cases=[case])) == 15.0
+    assert (
+        slice_grid_spacing_mm(tdata.load(plain, plain.data.mri_dir, "mri", None, all_slices=True, cases=[case])) is None
+    )
+    assert (
+        slice_grid_spacing_mm(tdata.load(spaced, spaced.data.mri_dir, "mri", None, all_slices=True, cases=[case]))
+        == 15.0
+    )
 
 
 def test_a_failed_segmentation_leaves_no_masks(trained, phantom_root, tmp_path):

@@ -67,10 +67,14 @@ def synthetic(phantom_root: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     """A stand-in synthetic MRI dataset: the phantom CT volumes imported as modality mri, 6 cases."""
     ct = phantom_root / "ct"
     out = tmp_path_factory.mktemp("syn") / "synthetic"
-    return import_nifti(str(ct / "imagesTr/*_0000.nii.gz"), str(ct / "labelsTr/*.nii.gz"), "mri", 1, out, progress=False)
+    return import_nifti(
+        str(ct / "imagesTr/*_0000.nii.gz"), str(ct / "labelsTr/*.nii.gz"), "mri", 1, out, progress=False
+    )
 
 
-def test_export_real_and_synthetic_is_a_valid_nnunet_dataset(phantom_root: Path, synthetic: Path, tmp_path: Path, capsys) -> None:
+def test_export_real_and_synthetic_is_a_valid_nnunet_dataset(
+    phantom_root: Path, synthetic: Path, tmp_path: Path, capsys
+) -> None:
     rc = main(["export", "nnunet", "--real", str(phantom_root / "mri"), "--synthetic", str(synthetic),
                "--dataset-id", "7", "--name", "LiverSyn", "--out", str(tmp_path / "raw")])  # fmt: skip
     assert rc == 0 and "splits_final.json" in capsys.readouterr().out
@@ -104,7 +108,8 @@ def test_folds_keep_a_patient_together() -> None:
 
     p = Path("x")
     cases = [ExportCase(f"real_{c}", f"real_{pid}", p, p, False) for c, pid in
-             (("a1", "A"), ("a2", "A"), ("b1", "B"), ("c1", "C"))] + [ExportCase("syn_s", "syn_s", p, p, True)]  # fmt: skip
+             (("a1", "A"), ("a2", "A"), ("b1", "B"), ("c1", "C"))]
+    cases += [ExportCase("syn_s", "syn_s", p, p, True)]
     splits = make_splits(cases, folds=5, seed=0)
     assert len(splits) == 3  # one fold per real patient when there are fewer than 5
     assert sorted(map(sorted, (f["val"] for f in splits))) == [["real_a1", "real_a2"], ["real_b1"], ["real_c1"]]
@@ -158,7 +163,8 @@ def test_export_patients_follow_the_dataset(phantom_root: Path, tmp_path: Path) 
 
 
 def test_nnunet_own_checker(phantom_root: Path, synthetic: Path, tmp_path: Path) -> None:
-    """nnU-Net's verify_dataset_integrity, where nnunetv2 is installed (it is not in the dev extra: see the module doc)."""
+    """nnU-Net's verify_dataset_integrity, where nnunetv2 is installed
+    (it is not in the dev extra: see the module doc)."""
     vdi = pytest.importorskip("nnunetv2.experiment_planning.verify_dataset_integrity", reason="nnunetv2 not installed")
     folder = export_nnunet(phantom_root / "mri", tmp_path, 8, synthetic=synthetic, progress=False)
     vdi.verify_dataset_integrity(str(folder), num_processes=1)

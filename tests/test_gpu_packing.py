@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import TINY
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY
 from liverlab.errors import LiverlabError
 from liverlab.sweep.devices import TEST_GPU_AS_CPU, resolve_trial_device
 from liverlab.sweep.runner import SWEEP_FILE, SweepOptions, run_sweep
@@ -77,12 +77,16 @@ def test_four_quarter_gpu_trials_share_one_gpu_at_once(tmp_path: Path, phantom_r
         "resources": {"cpu": 0.5, "gpu": 0.25},  # 2 CPUs / 0.5 and 1 GPU / 0.25: room for 4 at once
     }
     (tmp_path / "packed.yaml").write_text(yaml.safe_dump(space))
-    rc = run_sweep(SweepOptions(space=str(tmp_path / "packed.yaml"), storage=str(tmp_path / "s"), live=False, report=False))
+    rc = run_sweep(
+        SweepOptions(space=str(tmp_path / "packed.yaml"), storage=str(tmp_path / "s"), live=False, report=False)
+    )
     assert rc == 0
 
     info = json.loads((tmp_path / "s" / "packed" / SWEEP_FILE).read_text())
     client = MlflowClient(info["tracking_uri"])
-    runs = client.search_runs([info["experiment_id"]], filter_string=f"tags.mlflow.parentRunId = '{info['parent_run_id']}'")
+    runs = client.search_runs(
+        [info["experiment_id"]], filter_string=f"tags.mlflow.parentRunId = '{info['parent_run_id']}'"
+    )
     assert len(runs) == 4 and all(r.info.status == "FINISHED" for r in runs)
     # Each trial got the GPU Ray assigned, saw only that GPU, and resolved its device as on a GPU node
     # (there: cuda; here torch has no CUDA, so the test-only fallback ran it on CPU and said so).

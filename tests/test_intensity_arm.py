@@ -6,9 +6,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
-
 from conftest import ReportLog, tiny_config
+
 from liverlab.config import config_from_dict
 from liverlab.data.nifti import load_volume
 from liverlab.train import data as tdata

@@ -82,7 +82,9 @@ def test_signal_stops_the_sweep_cleanly_and_resume_runs_each_trial_once(tmp_path
           f"runs {[c.info.status for c in children]}; {line}")
 
     t0 = time.monotonic()
-    resumed = subprocess.run(LIVERLAB + resume, cwd=tmp_path, env=ENV, check=False, capture_output=True, text=True, timeout=400)
+    resumed = subprocess.run(
+        LIVERLAB + resume, cwd=tmp_path, env=ENV, check=False, capture_output=True, text=True, timeout=400
+    )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "2 of 2 planned trials finished" in resumed.stdout
     info = json.loads((sweep_dir / "liverlab_sweep.json").read_text())
@@ -134,7 +136,9 @@ def test_sigterm_stops_train_and_the_same_command_resumes_its_run(tmp_path, phan
     client = MlflowClient(saved["tracking_uri"])
     assert client.get_run(saved["run_id"]).info.status == "KILLED"
 
-    resumed = subprocess.run(LIVERLAB + resume, cwd=tmp_path, env=ENV, check=False, capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        LIVERLAB + resume, cwd=tmp_path, env=ENV, check=False, capture_output=True, text=True, timeout=300
+    )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
     assert [r.info.run_id for r in runs] == [saved["run_id"]] and runs[0].info.status == "FINISHED"

@@ -35,11 +35,13 @@ CASES: list[tuple[str, str, dict[str, Any], tuple[int, ...], tuple[int, ...]]] =
     ("generator", "resnet_generator", dict(ngf=4, n_blocks=2), (2, 1, 32, 32), (2, 1, 32, 32)),
     ("generator-d1-rgb", "resnet_generator",
      dict(in_channels=3, out_channels=3, ngf=4, n_blocks=1, n_downsampling=1), (1, 3, 16, 24), (1, 3, 16, 24)),
-    ("generator-nearest", "resnet_generator", dict(ngf=4, n_blocks=1, upsample="nearest"), (2, 1, 32, 32), (2, 1, 32, 32)),
+    ("generator-nearest", "resnet_generator",
+     dict(ngf=4, n_blocks=1, upsample="nearest"), (2, 1, 32, 32), (2, 1, 32, 32)),
     ("generator-bilinear-d3", "resnet_generator",
      dict(ngf=4, n_blocks=1, n_downsampling=3, upsample="bilinear"), (1, 1, 32, 40), (1, 1, 32, 40)),
     ("segmenter", "resnet_segmenter", dict(ngf=4, n_blocks=2), (2, 1, 32, 32), (2, 2, 32, 32)),
-    ("segmenter-nearest", "resnet_segmenter", dict(ngf=4, n_blocks=1, upsample="nearest"), (2, 1, 16, 16), (2, 2, 16, 16)),
+    ("segmenter-nearest", "resnet_segmenter",
+     dict(ngf=4, n_blocks=1, upsample="nearest"), (2, 1, 16, 16), (2, 2, 16, 16)),
     # 32 -> 16 -> 8 -> 4 (three stride-2 convs), then two stride-1 4x4 convs: 4 - 1 - 1 = 2.
     ("patchgan", "patchgan", dict(ndf=4, n_layers=3), (2, 1, 32, 32), (2, 1, 2, 2)),
     ("patchgan-l2", "patchgan", dict(ndf=4, n_layers=2), (2, 1, 32, 48), (2, 1, 6, 10)),
@@ -276,7 +278,11 @@ def test_upsample_is_a_generator_config_value() -> None:
         assert g(torch.zeros(1, 1, 16, 16)).shape == (1, 1, 16, 16)
     assert "ConvTranspose2d" in kinds["transpose"] and "Upsample" not in kinds["transpose"]
     assert "Upsample" in kinds["nearest"] and "ConvTranspose2d" not in kinds["nearest"]
-    up = [m for m in generator_from_config(GeneratorConfig(ngf=4, upsample="bilinear")).modules() if isinstance(m, nn.Upsample)]
+    up = [
+        m
+        for m in generator_from_config(GeneratorConfig(ngf=4, upsample="bilinear")).modules()
+        if isinstance(m, nn.Upsample)
+    ]
     assert [m.mode for m in up] == ["bilinear", "bilinear"]
     with pytest.raises(Exception, match="upsample"):
         GeneratorConfig(upsample="bicubic")

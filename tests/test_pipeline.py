@@ -6,8 +6,8 @@ import json
 import threading
 
 import numpy as np
-
 from conftest import ReportLog, tiny_config
+
 from liverlab.data.nifti import load_volume
 from liverlab.tracking.writer import NullTracker
 from liverlab.train.pipeline import cached_essnet, cached_synthesis, run_pipeline
@@ -62,7 +62,9 @@ def test_synthetic_set_keeps_ct_label_and_affine(phantom_root, tmp_path):
     assert len(prov["checkpoint_sha256"]) == 64 and prov["cases"]
     case = prov["cases"][0]
     synth = load_volume(out / "imagesTr" / f"{case}_0000.nii.gz", out / "labelsTr" / f"{case}.nii.gz")
-    ct = load_volume(phantom_root / "ct" / "imagesTr" / f"{case}_0000.nii.gz", phantom_root / "ct" / "labelsTr" / f"{case}.nii.gz")
+    ct = load_volume(
+        phantom_root / "ct" / "imagesTr" / f"{case}_0000.nii.gz", phantom_root / "ct" / "labelsTr" / f"{case}.nii.gz"
+    )
     assert np.array_equal(synth.label, ct.label)
     assert np.allclose(synth.affine, ct.affine)
     assert synth.image.min() >= -1.0 and synth.image.max() <= 1.0 and synth.image.std() > 0

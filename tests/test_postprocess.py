@@ -50,7 +50,9 @@ def test_ring_gets_filled_per_slice():
     assert np.array_equal(filled[..., 0], full) and np.array_equal(filled[..., 1], full)
     assert not filled[..., 2].any()
     # A tube (ring in every slice) has no 3D hole but is filled slice by slice.
-    assert np.array_equal(fill_holes_per_slice(np.stack([ring] * 3, axis=-1)), np.stack([full] * 3, axis=-1).astype(bool))
+    assert np.array_equal(
+        fill_holes_per_slice(np.stack([ring] * 3, axis=-1)), np.stack([full] * 3, axis=-1).astype(bool)
+    )
 
 
 def test_a_hole_open_to_the_slice_border_is_not_filled():

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import ReportLog, tiny_config
 from mlflow.tracking import MlflowClient
 
-from conftest import ReportLog, tiny_config
 from liverlab.errors import LiverlabError
 from liverlab.train import precision
 from liverlab.train.common import load_checkpoint
@@ -34,7 +34,9 @@ def test_auto_follows_the_device(device, capability, bf16, expected):
 
 
 @pytest.mark.parametrize("requested", ["fp32", "fp16"])
-@pytest.mark.parametrize(("device", "capability", "bf16"), [("cuda", (7, 5), False), ("cuda", (9, 0), True), ("cpu", None, False)])
+@pytest.mark.parametrize(
+    ("device", "capability", "bf16"), [("cuda", (7, 5), False), ("cuda", (9, 0), True), ("cpu", None, False)]
+)
 def test_explicit_choices_are_kept(requested, device, capability, bf16):
     assert precision.resolve_precision(requested, device, capability, bf16) == requested
 
@@ -100,7 +102,9 @@ def test_cuda_settings_switch_tf32_and_benchmark():
     saved = (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
     try:
         precision.configure_cuda(tf32=True, cudnn_benchmark=True)
-        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32 and torch.backends.cudnn.benchmark
+        assert (
+            torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32 and torch.backends.cudnn.benchmark
+        )
         precision.configure_cuda(tf32=False, cudnn_benchmark=False)
         assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
         assert not torch.backends.cudnn.benchmark
@@ -166,6 +170,8 @@ def test_essnet_trains_in_fp16_on_cpu(phantom_root, tmp_path):
                                                          "essnet.reference_steps": 0})
     log = ReportLog()
     metrics = train_essnet(cfg, log, None, tmp_path / "essnet")
-    assert all(torch.isfinite(torch.tensor(metrics[k])) for k in ("train/loss_g", "train/loss_d_mri", "train/loss_d_ct"))
+    assert all(
+        torch.isfinite(torch.tensor(metrics[k])) for k in ("train/loss_g", "train/loss_d_mri", "train/loss_d_ct")
+    )
     state = load_checkpoint(log.checkpoints[-1])
     assert set(state["scalers"]) == {"g", "d"} and all(s["scale"] > 0 for s in state["scalers"].values())

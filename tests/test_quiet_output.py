@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import yaml
-
 from conftest import TINY
+
 from liverlab.tracking.ui import runs_address, ui_hint
 
 MLFLOW_CHATTER = ("Creating initial MLflow database tables", "Updating database tables", "Context impl",

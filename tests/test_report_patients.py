@@ -28,10 +28,14 @@ def _long(rows: list[dict]) -> pl.DataFrame:
 
 
 ROWS = [
-    {"run_id": "r0aaaaaaaa", "arm": "synthesis=none", "seed": 0, "patient_id": "p1", "iou": 0.80, "dice": 8 / 9, "ravd": 4.0, "assd": 1.0, "mssd": 6.0},
-    {"run_id": "r0aaaaaaaa", "arm": "synthesis=none", "seed": 0, "patient_id": "p2", "iou": 0.00, "dice": 0.0, "ravd": 99.5, "assd": 30.0, "mssd": 80.0},
-    {"run_id": "r1bbbbbbbb", "arm": "synthesis=none", "seed": 1, "patient_id": "p1", "iou": 0.70, "dice": 14 / 17, "ravd": 55.0, "assd": 2.0, "mssd": 9.0},
-    {"run_id": "r1bbbbbbbb", "arm": "synthesis=none", "seed": 1, "patient_id": "p2", "iou": 0.60, "dice": 0.75, "ravd": 10.0, "assd": 3.0, "mssd": 12.0},
+    {"run_id": "r0aaaaaaaa", "arm": "synthesis=none", "seed": 0, "patient_id": "p1",
+     "iou": 0.80, "dice": 8 / 9, "ravd": 4.0, "assd": 1.0, "mssd": 6.0},
+    {"run_id": "r0aaaaaaaa", "arm": "synthesis=none", "seed": 0, "patient_id": "p2",
+     "iou": 0.00, "dice": 0.0, "ravd": 99.5, "assd": 30.0, "mssd": 80.0},
+    {"run_id": "r1bbbbbbbb", "arm": "synthesis=none", "seed": 1, "patient_id": "p1",
+     "iou": 0.70, "dice": 14 / 17, "ravd": 55.0, "assd": 2.0, "mssd": 9.0},
+    {"run_id": "r1bbbbbbbb", "arm": "synthesis=none", "seed": 1, "patient_id": "p2",
+     "iou": 0.60, "dice": 0.75, "ravd": 10.0, "assd": 3.0, "mssd": 12.0},
 ]
 
 
@@ -104,10 +108,14 @@ def test_report_has_per_patient_section_and_control_verdict(tmp_path: Path):
     trials = []
     for seed in range(3):
         trials.append(TrialSpec("synthesis=none", seed, 0.70 + 0.01 * seed, {"p1": 0.72, "p2": 0.68}))
-        trials.append(TrialSpec("synthesis=essnet", seed, 0.74 + 0.01 * seed, {"p1": 0.76, "p2": 0.10 if seed == 0 else 0.72}))
+        trials.append(
+            TrialSpec("synthesis=essnet", seed, 0.74 + 0.01 * seed, {"p1": 0.76, "p2": 0.10 if seed == 0 else 0.72})
+        )
         trials.append(TrialSpec("synthesis=intensity", seed, [0.73, 0.77, 0.75][seed], {"p1": 0.77, "p2": 0.73}))
     store = build_custom_store(tmp_path / "store", "ctrl", trials)
-    md = make_report(store.uri, parent_run_id=store.parent_run_id, out=tmp_path / "report", log_to_parent=False, n_boot=200)
+    md = make_report(
+        store.uri, parent_run_id=store.parent_run_id, out=tmp_path / "report", log_to_parent=False, n_boot=200
+    )
     text = md.read_text()
     assert "## EssNet vs the non-GAN control (synthesis: intensity)" in text
     half = sps.t.ppf(0.975, 2) * np.std([1, -2, 1], ddof=1) / np.sqrt(3)  # essnet - intensity: +1, -2, +1 points

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from test_sweep import _write_space
 
 from liverlab import storage
-from test_sweep import _write_space
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
 
@@ -112,7 +112,11 @@ def test_doctor_probes_object_storage(s3_endpoint):
     from liverlab.sweep.doctor import _object_store_check
     from liverlab.sweep.doctor_table import FAIL, OK
 
-    good = _object_store_check(f"s3://liverlab/doctor?endpoint_override={s3_endpoint}&scheme=http&region=us-east-1", "a" * 32)
+    good = _object_store_check(
+        f"s3://liverlab/doctor?endpoint_override={s3_endpoint}&scheme=http&region=us-east-1", "a" * 32
+    )
     assert good.verdict == OK
-    bad = _object_store_check(f"s3://no-such-bucket/x?endpoint_override={s3_endpoint}&scheme=http&region=us-east-1", "b" * 32)
+    bad = _object_store_check(
+        f"s3://no-such-bucket/x?endpoint_override={s3_endpoint}&scheme=http&region=us-east-1", "b" * 32
+    )
     assert bad.verdict == FAIL and "no-such-bucket" in bad.detail

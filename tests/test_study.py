@@ -12,11 +12,12 @@ from liverlab.errors import LiverlabError
 from liverlab.sweep.space import load_space
 from liverlab.tracking.writer import NullTracker
 from liverlab.train.data import train_patient_subset
-from liverlab.train.pipeline import cached_essnet, essnet_key
 from liverlab.train.judge import judge_config, judge_key
+from liverlab.train.pipeline import cached_essnet, essnet_key
 
 STUDY = REPO / "search_spaces" / "chaos_study.yaml"
-CHAOS_MR = ["mri_1", "mri_2", "mri_3", "mri_5", "mri_8", "mri_10", "mri_13", "mri_15", "mri_19", "mri_20", "mri_21", "mri_22"]
+CHAOS_MR = ["mri_1", "mri_2", "mri_3", "mri_5", "mri_8", "mri_10",
+            "mri_13", "mri_15", "mri_19", "mri_20", "mri_21", "mri_22"]
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +79,9 @@ def test_profile_errors_name_the_file_and_key(tmp_path: Path) -> None:
     (tmp_path / "chaos_study.yaml").write_text((REPO / "experiments" / "chaos_study.yaml").read_text())
     text = STUDY.read_text().replace("base: ../experiments/chaos_study.yaml", "base: chaos_study.yaml")
     bad = tmp_path / "bad.yaml"
-    bad.write_text(text.replace("    seeds: [0]\n    set: {unet.iterations: 400", "    seedz: [0]\n    set: {unet.iterations: 400"))
+    bad.write_text(
+        text.replace("    seeds: [0]\n    set: {unet.iterations: 400", "    seedz: [0]\n    set: {unet.iterations: 400")
+    )
     with pytest.raises(LiverlabError, match=r"bad.yaml: profiles.screen.seedz: not a search-space key"):
         load_space(bad)
     bad.write_text(text.replace("set: {unet.iterations: 400", "set: {unet.iteration: 400"))
@@ -91,7 +94,9 @@ def test_translator_shared_across_seeds_and_sizes_with_a_fixed_essnet_seed(phant
     common = {"data.cache_dir": str(tmp_path / "slices"), "essnet.seed": 0}
     a = tiny_config(phantom_root, stage="pipeline", synthesis="essnet", seed=0, **{"data.train_patients": 1, **common})
     b = tiny_config(phantom_root, stage="pipeline", synthesis="essnet", seed=2, **{"data.train_patients": 3, **common})
-    own = tiny_config(phantom_root, stage="pipeline", synthesis="essnet", seed=2, **{"data.cache_dir": str(tmp_path / "slices")})
+    own = tiny_config(
+        phantom_root, stage="pipeline", synthesis="essnet", seed=2, **{"data.cache_dir": str(tmp_path / "slices")}
+    )
     assert essnet_key(a) == essnet_key(b) != essnet_key(own)
     assert essnet_key(own) == essnet_key(tiny_config(phantom_root, stage="pipeline", synthesis="essnet", seed=2,
                                                       **{"essnet.seed": 2, "data.cache_dir": str(tmp_path / "slices")}))
@@ -114,7 +119,9 @@ def test_sweep_trial_resolves_relative_data_paths_against_the_driver(tmp_path, m
     meta = {"base": loaded.base_raw, "base_dir": str(driver), "overrides": loaded.overrides(), "space_file": str(STUDY)}
     monkeypatch.chdir(tmp_path)  # the trial's working directory is elsewhere
     cfg = trial_config({META: meta, "arm": {"synthesis": "essnet", "data.train_patients": 2}, "seed": 1}, device="cpu")
-    assert cfg.data.ct == str(driver / "data" / "chaos" / "ct") and cfg.data.mri == str(driver / "data" / "chaos" / "mri")
+    assert cfg.data.ct == str(driver / "data" / "chaos" / "ct") and cfg.data.mri == str(
+        driver / "data" / "chaos" / "mri"
+    )
     assert cfg.data.import_[0].root == str((driver / ".." / "shared" / "data" / "chaos-ct-full").resolve())
     assert (cfg.seed, cfg.data.train_patients, cfg.device) == (1, 2, "cpu")
     assert read_yaml(loaded.base_path)["data"]["ct"] == "data/chaos/ct"  # (the base file itself stays relative)

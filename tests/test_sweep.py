@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import TINY
 from mlflow.tracking import MlflowClient
 
-from conftest import TINY
 from liverlab.cli import main
 from liverlab.errors import LiverlabError
 from liverlab.sweep.runner import SWEEP_FILE, SweepOptions, run_sweep

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import torch
-
 from conftest import ReportLog, tiny_config
+
 from liverlab.train.common import load_checkpoint
 from liverlab.train.essnet import EssNet, ImagePool, build_optimizers, discriminator_step, generator_step, train_essnet
 
@@ -68,8 +68,8 @@ def test_image_pool_returns_history_and_keeps_size():
 
 
 def test_short_run_improves_ssim_against_true_mri(phantom_root, tmp_path):
-    from liverlab.train.essnet_data import EssNetData
     from liverlab.train.essnet import validate_essnet
+    from liverlab.train.essnet_data import EssNetData
 
     config = tiny_config(phantom_root, **{
         "essnet.epochs": 1, "essnet.steps_per_epoch": 30, "essnet.lambda_idt": 0.5,
@@ -144,6 +144,13 @@ def test_judge_is_the_unet_recipe_and_its_cache_follows_the_recipe(phantom_root)
     k = judge_key(base)
     assert judge_key(base.model_copy(update={"seed": 9})) == k  # the trial's seed is not the judge's
     assert judge_key(tiny_config(phantom_root, **{"essnet.reference_steps": None, "unet.iterations": 38})) != k
-    other_aug = tiny_config(phantom_root, **{"essnet.reference_steps": None, "unet.iterations": 37, "unet.val_every": 50,
-                                             "unet.augment.rotate_degrees": 3.0})
+    other_aug = tiny_config(
+        phantom_root,
+        **{
+            "essnet.reference_steps": None,
+            "unet.iterations": 37,
+            "unet.val_every": 50,
+            "unet.augment.rotate_degrees": 3.0,
+        },
+    )
     assert judge_key(other_aug) != k

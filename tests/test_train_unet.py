@@ -7,13 +7,13 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-
 from conftest import ReportLog, tiny_config
+
 from liverlab.errors import LiverlabError
+from liverlab.infer.evaluate import case_metrics, predict_slices
 from liverlab.losses import dice_ce_loss
 from liverlab.train import data as tdata
 from liverlab.train.common import NonFiniteLoss, check_finite, load_checkpoint, lr_factor
-from liverlab.infer.evaluate import case_metrics, predict_slices
 from liverlab.train.unet import UNetData, build_unet, train_unet
 
 
@@ -106,7 +106,12 @@ def test_equal_optimizer_steps_whatever_the_mixing_ratio(phantom_root, tmp_path)
     for r in (0.0, 2.0):
         extra = {"unet.mixing_ratio": r, "unet.synthetic": str(phantom_root / "mri")} if r else {}
         log = ReportLog()
-        train_unet(tiny_config(phantom_root, **{"unet.iterations": 6, "unet.val_every": 3, **extra}), log, None, tmp_path / str(r))
+        train_unet(
+            tiny_config(phantom_root, **{"unet.iterations": 6, "unet.val_every": 3, **extra}),
+            log,
+            None,
+            tmp_path / str(r),
+        )
         logs[r] = log
         assert _steps_taken(tmp_path / str(r)) == 6
     assert [m["iteration"] for m in logs[0.0].metrics] == [m["iteration"] for m in logs[2.0].metrics] == [3, 6]
@@ -208,8 +213,8 @@ def test_non_finite_loss_stops_with_a_reason():
 
 def test_fold_is_a_sweep_arm_factor_and_max_t_counts_reports(phantom_root, tmp_path):
     import yaml
-
     from conftest import TINY
+
     from liverlab.config import read_yaml
     from liverlab.sweep.space import load_space
 
@@ -225,7 +230,9 @@ def test_fold_is_a_sweep_arm_factor_and_max_t_counts_reports(phantom_root, tmp_p
     assert [c.data.split.fold for c in configs] == [0, 1, 2]
     assert loaded.max_t(configs[0]) == 3  # reports at iterations 4, 8, 10
     tested = [tdata.cases_in(c.data.mri_dir, c, "test") for c in configs]
-    assert sorted(sum(tested, [])) == sorted(tdata.split_table(configs[0].data.mri_dir, configs[0])["case_id"].to_list())
+    assert sorted(sum(tested, [])) == sorted(
+        tdata.split_table(configs[0].data.mri_dir, configs[0])["case_id"].to_list()
+    )
     space["arms"] = {"data.split.fold": [0, 3]}
     (tmp_path / "cv.yaml").write_text(yaml.safe_dump(space))
     with pytest.raises(LiverlabError, match="data.split.fold must be < data.split.folds"):

@@ -42,7 +42,9 @@ class SplitConfig(_Strict):
                 raise ValueError(f"val + test must be < 1 (got {self.val} + {self.test})")
         else:
             if self.fold >= self.folds:
-                raise ValueError(f"data.split.fold must be < data.split.folds (got fold {self.fold}, folds {self.folds})")
+                raise ValueError(
+                    f"data.split.fold must be < data.split.folds (got fold {self.fold}, folds {self.folds})"
+                )
         return self
 
 

@@ -15,7 +15,6 @@ from liverlab.config._augment import AugmentConfig, PostprocessConfig
 from liverlab.config._base import _Strict
 from liverlab.config._data import DataConfig
 
-
 # ----------------------------------------------------------------------------- models
 
 
@@ -137,16 +136,21 @@ class UNetConfig(_Strict):
     dice_weight: float = Field(1.0, ge=0.0)
     ce_weight: float = Field(1.0, ge=0.0)
     augment: AugmentConfig = AugmentConfig()
-    iterations: int = Field(2000, ge=1, le=10_000_000, description="total optimiser steps (equal for every mixing ratio)")
+    iterations: int = Field(
+        2000, ge=1, le=10_000_000, description="total optimiser steps (equal for every mixing ratio)"
+    )
     val_every: int = Field(100, ge=1, description="optimiser steps between validations / reports / checkpoints")
     lr_schedule: Literal["poly", "cosine", "constant"] = Field(
         "poly", description="poly: lr * (1 - it/iterations)^0.9 (nnU-Net); cosine: to 0; constant"
     )
     batch_size: int = Field(8, ge=1, le=1024)
     empty_slice_fraction: float = Field(
-        1.0, ge=0.0, le=1.0, description="share of liver-free training slices kept (data.empty_slice_fraction is EssNet's)"
+        1.0, ge=0.0, le=1.0,
+        description="share of liver-free training slices kept (data.empty_slice_fraction is EssNet's)",
     )
-    keep: Literal["last", "best"] = Field("last", description="weights kept for test and best.pt: last, or best val/iou")
+    keep: Literal["last", "best"] = Field(
+        "last", description="weights kept for test and best.pt: last, or best val/iou"
+    )
     early_stopping: bool = Field(False, description="stop after `patience` validations without a better val/iou")
     patience: int = Field(10, ge=1, description="validations without improvement before early stopping")
     synthetic: str | None = Field(None, description="nnU-Net folder of synthetic MRI (stage unet)")

@@ -190,7 +190,9 @@ def _build(
         sx, sy, sz = vol.spacing
         mm = settings.get("spacing_mm")
         if mm is None:
-            parts.append((resize_slices(axial_slices(img, z), size, False), resize_slices(axial_slices(liver, z), size, True)))
+            parts.append(
+                (resize_slices(axial_slices(img, z), size, False), resize_slices(axial_slices(liver, z), size, True))
+            )
             spacing[r["case_id"]] = [sx * X / size, sy * Y / size, sz]
         else:  # one physical pixel size for every case and modality
             parts.append((

@@ -215,7 +215,9 @@ def find_patients(root: str | Path, modality: str) -> list[ChaosPatient]:
         base = base / kind
     elif base.name == "Train_Sets":
         have = sorted(p.name for p in base.iterdir() if p.is_dir())
-        raise LiverlabError(f"{base}: no {kind}/ folder for --modality {modality} (found: {', '.join(have) or 'nothing'})")
+        raise LiverlabError(
+            f"{base}: no {kind}/ folder for --modality {modality} (found: {', '.join(have) or 'nothing'})"
+        )
     _, dicom_sub, ground_sub = SERIES[modality]
     if _is_patient(base, modality):
         folders = [base]
@@ -229,7 +231,9 @@ def find_patients(root: str | Path, modality: str) -> list[ChaosPatient]:
     patients = []
     for folder in folders:
         if not (folder / dicom_sub).is_dir():
-            raise LiverlabError(f"{folder}: no {dicom_sub}/ (not a CHAOS {kind} patient folder for --modality {modality})")
+            raise LiverlabError(
+                f"{folder}: no {dicom_sub}/ (not a CHAOS {kind} patient folder for --modality {modality})"
+            )
         patients.append(ChaosPatient(folder.resolve().name, folder / dicom_sub, folder / ground_sub))
     return patients
 

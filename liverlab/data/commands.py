@@ -17,7 +17,8 @@ def _phantoms(args: argparse.Namespace) -> int:
     if args.patients < 2:  # the same bound as data.phantom.patients: patient-level splits need two
         raise LiverlabError(f"phantoms: --patients must be at least 2 (splits are by patient), got {args.patients}")
     out = generate_phantoms(args.out, patients=args.patients, size=args.size, slices=args.slices, seed=args.seed)
-    print(f"wrote {args.patients} phantom patients (CT + MRI, {args.size}x{args.size}x{args.slices}) to {out}/ct and {out}/mri")
+    print(f"wrote {args.patients} phantom patients (CT + MRI, {args.size}x{args.size}x{args.slices}) "
+          f"to {out}/ct and {out}/mri")
     print(f"next: liverlab data inspect {out}   (or point an experiment's data.root at {out})")
     return 0
 
@@ -27,7 +28,8 @@ def _import_chaos(args: argparse.Namespace) -> int:
     from liverlab.data.layout import list_cases
 
     out = import_chaos(args.root, args.out, args.modality, case_id=args.case_id)
-    print(f"imported CHAOS {args.modality} from {args.root} into {out} ({len(list_cases(out))} case(s) in the dataset now)")
+    print(f"imported CHAOS {args.modality} from {args.root} into {out} "
+          f"({len(list_cases(out))} case(s) in the dataset now)")
     return 0
 
 
@@ -88,7 +90,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
                        description="Paired CT/MRI phantoms of the same anatomy (body, fat, liver, spleen, kidneys, "
                        "spine, vessels; per-patient deformations), nnU-Net layout, under OUT/ct and OUT/mri.")
     p.add_argument("--out", required=True, help="output folder (gets ct/ and mri/)")
-    p.add_argument("--patients", type=int, default=8, help="patients, each with a CT and an MRI (default 8, at least 2)")
+    p.add_argument(
+        "--patients", type=int, default=8, help="patients, each with a CT and an MRI (default 8, at least 2)"
+    )
     p.add_argument("--size", type=int, default=64, help="in-plane voxels, 16..1024 (default 64)")
     p.add_argument("--slices", type=int, default=16, help="slices per volume, 2..512 (default 16)")
     p.add_argument("--seed", type=int, default=0, help="the same seed gives byte-identical phantoms (default 0)")
@@ -105,14 +109,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "affine come from the DICOM geometry; all patients are written or none. `import-chaos-ct SRC` is the same "
         "for one CT patient folder.",
     )
-    p.add_argument("root", help="folder holding Train_Sets/, Train_Sets/ itself, its CT/ or MR/ folder, or one patient folder")
+    p.add_argument(
+        "root", help="folder holding Train_Sets/, Train_Sets/ itself, its CT/ or MR/ folder, or one patient folder"
+    )
     p.add_argument("--out", required=True, help="nnU-Net folder to create or append to (e.g. data/chaos/mri)")
     p.add_argument("--modality", default="ct", choices=["ct", "t2spir", "t1in", "t1out"],
                    help="series to import (default ct; t1in / t1out: T1DUAL in-phase / opposed-phase)")
-    p.add_argument("--case-id", default=None, help="case id when ROOT holds one patient (default <modality>_<folder name>)")
+    p.add_argument(
+        "--case-id", default=None, help="case id when ROOT holds one patient (default <modality>_<folder name>)"
+    )
     p.set_defaults(func=_import_chaos)
 
-    p = sub.add_parser("import-chaos-ct", help="import one CHAOS CT patient folder (alias of import-chaos --modality ct)")
+    p = sub.add_parser(
+        "import-chaos-ct", help="import one CHAOS CT patient folder (alias of import-chaos --modality ct)"
+    )
     p.add_argument("src", help="CHAOS CT patient folder (DICOM_anon/ + Ground/)")
     p.add_argument("--out", required=True, help="nnU-Net CT folder to create or append to")
     p.add_argument("--case-id", default=None, help="default: ct_<folder name>")

@@ -165,7 +165,9 @@ class MixingSampler(Sampler[int]):
         rng = np.random.default_rng([self.seed, self.epoch])
         self.epoch += 1
         k_real, k_synth = self.counts
-        idx = np.concatenate([self._draw(rng, self.n_real, k_real), self.n_real + self._draw(rng, self.n_synth, k_synth)])
+        idx = np.concatenate(
+            [self._draw(rng, self.n_real, k_real), self.n_real + self._draw(rng, self.n_synth, k_synth)]
+        )
         return iter(rng.permutation(idx).tolist())
 
 

@@ -115,7 +115,9 @@ def import_nifti(
         layout.check_case_id(case)
     patients = prepare_out(out, modality, list(cases))
     with staged(out) as stage:
-        for case, (img_path, lab_path) in track(list(cases.items()), f"import {modality}", total=len(cases), enabled=progress):
+        for case, (img_path, lab_path) in track(
+            list(cases.items()), f"import {modality}", total=len(cases), enabled=progress
+        ):
             vol = load_volume(img_path, lab_path)
             assert vol.label is not None
             liver = (vol.label == int(liver_label)).astype(np.uint8)

@@ -42,7 +42,9 @@ def check_modality(modality: str) -> str:
 def check_case_id(case_id: str) -> str:
     """Case ids become file names: letters, digits, ``_ . -`` only."""
     if not _CASE_RE.match(case_id):
-        raise LiverlabError(f"case id {case_id!r}: use letters, digits, '_', '.', '-' (starting with a letter or digit)")
+        raise LiverlabError(
+            f"case id {case_id!r}: use letters, digits, '_', '.', '-' (starting with a letter or digit)"
+        )
     return case_id
 
 
@@ -72,7 +74,9 @@ def read_dataset_json(dataset_dir: str | Path) -> dict[str, Any]:
     """Parse ``DIR/dataset.json`` (LiverlabError naming the file when missing or bad)."""
     path = Path(dataset_dir) / DATASET_JSON
     if not path.is_file():
-        raise LiverlabError(f"{path}: no such file (not an nnU-Net dataset folder; expected imagesTr/, labelsTr/, dataset.json)")
+        raise LiverlabError(
+            f"{path}: no such file (not an nnU-Net dataset folder; expected imagesTr/, labelsTr/, dataset.json)"
+        )
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:

@@ -163,7 +163,8 @@ def manifest_is_fresh(dataset_dir: str | Path, df: pl.DataFrame) -> bool:
     except (LiverlabError, OSError):
         return False
     listed = {
-        r["case_id"]: (r["patient_id"], (r["image_bytes"], r["image_mtime_ns"]), (r["label_bytes"], r["label_mtime_ns"]))
+        r["case_id"]: (r["patient_id"], (r["image_bytes"], r["image_mtime_ns"]),
+                       (r["label_bytes"], r["label_mtime_ns"]))
         for r in df.iter_rows(named=True)
     }
     return listed == on_disk
@@ -244,7 +245,8 @@ def patient_splits(
 
 
 def assign_splits(
-    manifest_df: pl.DataFrame, val: float = 0.2, test: float = 0.2, seed: int = 0, folds: int | None = None, fold: int = 0
+    manifest_df: pl.DataFrame, val: float = 0.2, test: float = 0.2, seed: int = 0, folds: int | None = None,
+    fold: int = 0,
 ) -> pl.DataFrame:
     """Return ``manifest_df`` with its ``split`` column set by patient (see ``patient_splits``).
 

@@ -108,7 +108,9 @@ def _to_label(data: np.ndarray, path: Path) -> np.ndarray:
     """Float label data -> uint8, refusing non-integer or out-of-range values."""
     rounded = np.rint(data)
     if not np.allclose(rounded, data, atol=1e-3):
-        raise LiverlabError(f"{path}: label values must be integers (found e.g. {float(data[rounded != data].flat[0])})")
+        raise LiverlabError(
+            f"{path}: label values must be integers (found e.g. {float(data[rounded != data].flat[0])})"
+        )
     lo, hi = float(rounded.min(initial=0)), float(rounded.max(initial=0))
     if lo < 0 or hi > 255:
         raise LiverlabError(f"{path}: label values must lie in 0..255 (found {lo:g}..{hi:g})")
@@ -206,7 +208,9 @@ def save_like(path: str | Path, array: np.ndarray, volume: Volume, dtype: np.dty
     source = _squeeze3d(_open(volume.image_path), volume.image_path)
     arr = np.asarray(array)
     if arr.shape != tuple(source.shape):
-        raise ValueError(f"save_like: array shape {arr.shape} differs from {volume.image_path} shape {tuple(source.shape)}")
+        raise ValueError(
+            f"save_like: array shape {arr.shape} differs from {volume.image_path} shape {tuple(source.shape)}"
+        )
     ras = nib.orientations.io_orientation(np.asarray(volume.affine))
     back = nib.orientations.ornt_transform(ras, nib.orientations.io_orientation(source.affine))
     return save_volume(path, nib.orientations.apply_orientation(arr, back), source.affine, dtype)

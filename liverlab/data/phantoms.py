@@ -189,7 +189,9 @@ def make_patient(seed: int, patient: int, size: int = 64, slices: int = 16) -> P
     liver |= ellipsoid(u(-20, -8), ly + u(28, 38), lt + 0.2, 44 * u(0.85, 1.15), 28 * u(0.85, 1.15), 0.45)
     tissue[liver & free] = LIVER
     # Spleen (left, posterior, upper), kidneys (beside the spine, lower; the right one lower).
-    spleen = ellipsoid(-76 * u(0.95, 1.05), sy + 30 + u(-5, 5), u(0.3, 0.5), 30 * u(0.85, 1.15), 44 * u(0.85, 1.15), 0.38)
+    spleen = ellipsoid(
+        -76 * u(0.95, 1.05), sy + 30 + u(-5, 5), u(0.3, 0.5), 30 * u(0.85, 1.15), 44 * u(0.85, 1.15), 0.38
+    )
     tissue[spleen & free] = SPLEEN
     for side, tc in ((1.0, u(-0.55, -0.4)), (-1.0, u(-0.45, -0.3))):
         kid = ellipsoid(side * 66 * u(0.95, 1.05), sy + 10 + u(-4, 4), tc, 26 * u(0.9, 1.1), 30 * u(0.9, 1.1), 0.38)
@@ -215,7 +217,9 @@ def make_patient(seed: int, patient: int, size: int = 64, slices: int = 16) -> P
     imag = rng.standard_normal(shape, dtype=np.float32) * sigma
     mri = np.rint(np.sqrt(real * real + imag * imag)).astype(np.float32)
 
-    return PhantomPatient(tissue=tissue, ct=ct, mri=mri, ct_clean=ct_clean, bias=bias, affine=phantom_affine(size, slices))
+    return PhantomPatient(
+        tissue=tissue, ct=ct, mri=mri, ct_clean=ct_clean, bias=bias, affine=phantom_affine(size, slices)
+    )
 
 
 def case_id(patient: int) -> str:

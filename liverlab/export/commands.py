@@ -17,7 +17,8 @@ def _nnunet(args: argparse.Namespace) -> int:
     meta = json.loads((folder / "dataset.json").read_text())
     splits = json.loads((folder / "splits_final.json").read_text())
     print(f"wrote {folder}: {meta['numTraining']} cases, {len(splits)} folds (validation on real patients only)")
-    print(f"nnU-Net reads the folds from its preprocessed folder: after nnUNetv2_plan_and_preprocess -d {args.dataset_id}, "
+    print("nnU-Net reads the folds from its preprocessed folder: "
+          f"after nnUNetv2_plan_and_preprocess -d {args.dataset_id}, "
           f"copy {folder / 'splits_final.json'} to $nnUNet_preprocessed/{folder.name}/")
     return 0
 
@@ -35,8 +36,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "$nnUNet_preprocessed/DatasetNNN_NAME/ after nnUNetv2_plan_and_preprocess. An existing dataset id is "
         "replaced only with --force.",
     )
-    p.add_argument("--real", required=True, metavar="DIR", help="liverlab dataset folder of real cases (e.g. data/chaos/mri)")
-    p.add_argument("--synthetic", default=None, metavar="DIR", help="liverlab dataset of synthetic cases (liverlab synthesize)")
+    p.add_argument(
+        "--real", required=True, metavar="DIR", help="liverlab dataset folder of real cases (e.g. data/chaos/mri)"
+    )
+    p.add_argument(
+        "--synthetic", default=None, metavar="DIR", help="liverlab dataset of synthetic cases (liverlab synthesize)"
+    )
     p.add_argument("--dataset-id", required=True, type=int, metavar="N", help="nnU-Net dataset id, 1..999")
     p.add_argument("--name", default="Liver", help="dataset name after the id (default Liver)")
     p.add_argument("--out", required=True, metavar="DIR", help="nnU-Net raw folder ($nnUNet_raw)")

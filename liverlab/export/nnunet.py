@@ -128,7 +128,9 @@ def export_nnunet(
     same_id = sorted(p.name for p in out.glob(f"Dataset{dataset_id:03d}_*")) if out.is_dir() else []
     others = [n for n in same_id if n != folder_name]
     if others:
-        raise LiverlabError(f"{out}: dataset id {dataset_id} is taken by {', '.join(others)} (nnU-Net ids must be unique)")
+        raise LiverlabError(
+            f"{out}: dataset id {dataset_id} is taken by {', '.join(others)} (nnU-Net ids must be unique)"
+        )
     if same_id and not force:
         raise LiverlabError(f"{final}: already exists (use --force to replace it)")
     with staging_dir(out, prefix=f".{folder_name}.export-") as stage:

@@ -23,7 +23,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", required=True, help="EssNet checkpoint (file or checkpoint folder)")
     p.add_argument("--data", required=True, help="nnU-Net folder of CT cases")
     p.add_argument("--out", required=True, help="output folder (reused when made from the same inputs)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run G_mri (auto: CUDA when available)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where to run G_mri (auto: CUDA when available)")
     p.set_defaults(func=_synthesize)
 
     p = sub.add_parser(
@@ -45,7 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "prints the split and how many cases and patients were scored, and why (--json: `split`, "
         "`split_requested`, `split_notes`, `n_cases`, `n_patients`).",
     )
-    p.add_argument("--pred", help="predicted mask NIfTI (or a folder of them); scored as given, without post-processing")
+    p.add_argument(
+        "--pred", help="predicted mask NIfTI (or a folder of them); scored as given, without post-processing"
+    )
     p.add_argument("--label", help="label NIfTI (or a folder with matching case names)")
     p.add_argument("--checkpoint", help="U-Net weights (best.pt or a checkpoint folder)")
     p.add_argument("--data", help="nnU-Net folder of MRI cases to segment")

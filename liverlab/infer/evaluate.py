@@ -99,7 +99,9 @@ def group_by_case(slice_set: Any, arrays: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
-def _row(case: str, patient: str, pred: np.ndarray, label: np.ndarray, spacing: Any, which: tuple[str, ...]) -> dict[str, Any]:
+def _row(
+    case: str, patient: str, pred: np.ndarray, label: np.ndarray, spacing: Any, which: tuple[str, ...]
+) -> dict[str, Any]:
     from liverlab.metrics import segmentation_metrics
 
     m = segmentation_metrics(pred > 0, label > 0, tuple(float(s) for s in spacing))
@@ -137,14 +139,17 @@ def _manifest_rows(data_dir: Path) -> dict[str, dict[str, Any]]:
 
 
 def slice_grid_spacing_mm(slice_set: Any, default: float | None = None) -> float | None:
-    """The ``spacing_mm`` a cached slice set was built with (read from its ``meta.json`` on load); ``default`` for in-memory sets."""
+    """The ``spacing_mm`` a cached slice set was built with (read from its ``meta.json`` on load);
+    ``default`` for in-memory sets."""
     if getattr(slice_set, "path", None) is not None:
         mm = getattr(slice_set, "spacing_mm", None)
         return None if mm is None else float(mm)
     return default
 
 
-def to_native(probs: np.ndarray, shape_xy: tuple[int, int], spacing_xy: tuple[float, float], spacing_mm: float | None) -> np.ndarray:
+def to_native(
+    probs: np.ndarray, shape_xy: tuple[int, int], spacing_xy: tuple[float, float], spacing_mm: float | None
+) -> np.ndarray:
     """(n, C, size, size) class probabilities on the training grid -> (n, C, X, Y) on the volume's grid.
 
     The inverse of the cache's in-plane preprocessing (``cache.from_spacing``):
@@ -154,7 +159,10 @@ def to_native(probs: np.ndarray, shape_xy: tuple[int, int], spacing_xy: tuple[fl
     from liverlab.data.cache import from_spacing
 
     return np.stack(
-        [from_spacing(probs[:, c], shape_xy, spacing_xy, spacing_mm, fill=1.0 if c == 0 else 0.0) for c in range(probs.shape[1])],
+        [
+            from_spacing(probs[:, c], shape_xy, spacing_xy, spacing_mm, fill=1.0 if c == 0 else 0.0)
+            for c in range(probs.shape[1])
+        ],
         axis=1,
     )
 
@@ -228,7 +236,9 @@ def native_case_metrics(
     if out is None:
         return [
             _row(case, patient, pred, vol.label, vol.spacing, which)
-            for case, patient, pred, vol in native_predictions(model, slice_set, data_dir, device, precision, postprocess)
+            for case, patient, pred, vol in native_predictions(
+                model, slice_set, data_dir, device, precision, postprocess
+            )
         ]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

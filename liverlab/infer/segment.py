@@ -41,7 +41,9 @@ def load_unet(checkpoint: str | Path, device: torch.device) -> tuple[torch.nn.Mo
     return model.eval(), config
 
 
-def segment_dataset(checkpoint: str | Path, data_dir: str | Path, out: str | Path, split: str | None = "test") -> list[dict[str, Any]]:
+def segment_dataset(
+    checkpoint: str | Path, data_dir: str | Path, out: str | Path, split: str | None = "test"
+) -> list[dict[str, Any]]:
     """Predict every case of ``split`` (None = all), write masks to ``out``, return CHAOS metrics.
 
     Masks are on each case's own grid and post-processed with the

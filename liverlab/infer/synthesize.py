@@ -103,7 +103,8 @@ def synthesize(
     return write_synthetic(
         out, ct_dir, list(dict.fromkeys(slices.case_ids)), translate,
         dataset={"name": f"synthetic MRI from {ct_dir.name}"},
-        provenance={"key": key, "checkpoint": str(checkpoint), "checkpoint_sha256": ckpt_sha, "config": dump_config(config)},
+        provenance={"key": key, "checkpoint": str(checkpoint), "checkpoint_sha256": ckpt_sha,
+                    "config": dump_config(config)},
         progress=progress,
     )
 
@@ -158,8 +159,9 @@ def write_synthetic(
                 "numTraining": len(cases), "file_ending": ".nii.gz", "synthetic": True, **dataset}
         (tmp / "dataset.json").write_text(json.dumps(meta, indent=2))
         build_manifest(tmp)
-        prov = {**provenance, "source": str(ct_dir), "source_manifest_hash": manifest_hash(manifest), "cases": list(cases),
-                "liverlab_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        prov = {**provenance, "source": str(ct_dir), "source_manifest_hash": manifest_hash(manifest),
+                "cases": list(cases), "liverlab_version": __version__,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         (tmp / PROVENANCE).write_text(json.dumps(prov, indent=2))
         if out.exists():
             out.rmdir()  # empty (checked by reuse_or_check)
@@ -173,7 +175,9 @@ def _state_file(checkpoint: str | Path) -> Path:
 
 
 @torch.no_grad()
-def _generate(net: torch.nn.Module, images: np.ndarray, device: torch.device, precision: str, batch_size: int) -> np.ndarray:
+def _generate(
+    net: torch.nn.Module, images: np.ndarray, device: torch.device, precision: str, batch_size: int
+) -> np.ndarray:
     out = np.empty(images.shape, dtype=np.float32)
     for i in range(0, len(images), batch_size):
         x = torch.from_numpy(np.array(images[i : i + batch_size], dtype=np.float32))[:, None].to(device)

@@ -144,7 +144,8 @@ def segmenter_from_config(
 
 
 def unet_from_config(cfg: UNetModelConfig, out_channels: int = 2) -> nn.Module:
-    """The stage-2 U-Net from ``unet.model``: ``2 * context_slices + 1`` input channels (one MRI slice and its neighbours)."""
+    """The stage-2 U-Net from ``unet.model``: ``2 * context_slices + 1`` input channels
+    (one MRI slice and its neighbours)."""
     return build_model(
         "unet",
         spatial_dims=2,

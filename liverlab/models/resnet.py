@@ -91,7 +91,9 @@ def up_block(channels: int, out_channels: int, upsample: str = "transpose") -> l
     """One 2x upsampling of the decoder, without its norm and activation (see the module docstring)."""
     if upsample == "transpose":
         # output_padding=1 makes the transposed conv exactly invert the stride-2 conv's size.
-        return [nn.ConvTranspose2d(channels, out_channels, kernel_size=3, stride=2, padding=1, output_padding=1, bias=False)]
+        return [
+            nn.ConvTranspose2d(channels, out_channels, kernel_size=3, stride=2, padding=1, output_padding=1, bias=False)
+        ]
     if upsample not in UPSAMPLE_MODES:
         raise ValueError(f"upsample must be one of {', '.join(UPSAMPLE_MODES)}, got {upsample!r}")
     # align_corners=False: the pixel-centre convention (F.interpolate's default for bilinear).

@@ -27,11 +27,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override of the base experiment")
     p.add_argument("--num-samples", type=int, help="Optuna samples per arm and seed")
     p.add_argument("--max-concurrent", type=int, help="trials running at once")
-    p.add_argument("--dry-run", action="store_true", help="print arms, seeds, space, resources, trial count; run nothing")
+    p.add_argument(
+        "--dry-run", action="store_true", help="print arms, seeds, space, resources, trial count; run nothing"
+    )
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep (also after kill -9)")
     p.add_argument("--address", help="Ray cluster address (default $RAY_ADDRESS, else a local Ray)")
     p.add_argument("--storage", help="sweep storage root (default ./sweeps or $LIVERLAB_STORAGE)")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else sqlite in the sweep folder)")
+    p.add_argument(
+        "--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else sqlite in the sweep folder)"
+    )
     p.add_argument("--name", help="sweep name (default: the space's name)")
     p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
     p.add_argument("--force", action="store_true",

@@ -39,7 +39,9 @@ class TrialDevice:
         out = {
             "liverlab.device": self.device,
             "liverlab.gpu_ids": ",".join(self.gpu_ids) or "none",
-            "liverlab.cuda_visible_devices": "unset" if self.cuda_visible_devices is None else self.cuda_visible_devices,
+            "liverlab.cuda_visible_devices": (
+                "unset" if self.cuda_visible_devices is None else self.cuda_visible_devices
+            ),
         }
         if self.note:
             out["liverlab.device_note"] = self.note

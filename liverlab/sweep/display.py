@@ -83,7 +83,8 @@ class LiveTable(Callback):
             t.add_column(col)
         for tid, r in self.rows.items():
             best = "-" if r["best"] is None else f"{r['best']:.4f}"
-            t.add_row(tid, r["arm"], str(r["seed"]), r["state"], str(r["iter"]), best, f"{time.monotonic() - r['start']:.0f} s")
+            t.add_row(tid, r["arm"], str(r["seed"]), r["state"], str(r["iter"]), best,
+                      f"{time.monotonic() - r['start']:.0f} s")
         return t
 
     def close(self) -> None:
@@ -126,7 +127,9 @@ def summarize(loaded: LoadedSpace, results: Any, elapsed: float, finished: int |
     pick = max if obj.mode == "max" else min
     for arm, d in sorted(per_arm.items()):
         v = d["values"]
-        t.add_row(arm, str(len(v)), str(d["failed"]), f"{sum(v) / len(v):.4f}" if v else "-", f"{pick(v):.4f}" if v else "-")
+        t.add_row(
+            arm, str(len(v)), str(d["failed"]), f"{sum(v) / len(v):.4f}" if v else "-", f"{pick(v):.4f}" if v else "-"
+        )
     buf = StringIO()
     Console(file=buf, width=120, force_terminal=False).print(t)
     return buf.getvalue()

@@ -135,7 +135,11 @@ class SweepSession:
     def stop_tune(self) -> bool:
         """Ask the running ``Tuner.fit`` to stop the way Ctrl-C does; False when none runs."""
         handler = signal.getsignal(signal.SIGUSR1)
-        if not self.fitting or not callable(handler) or "signal_interrupt_tune_run" not in getattr(handler, "__name__", ""):
+        if (
+            not self.fitting
+            or not callable(handler)
+            or "signal_interrupt_tune_run" not in getattr(handler, "__name__", "")
+        ):
             return False
         if threading.current_thread() is threading.main_thread():
             handler(signal.SIGUSR1, None)

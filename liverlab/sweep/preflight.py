@@ -28,7 +28,8 @@ def preflight(loaded: LoadedSpace) -> dict[str, float]:
     if res.gpu > 0 and gpus < res.gpu:
         raise LiverlabError(
             f"{loaded.path}: resources.gpu: trials ask for {res.gpu} GPU but the Ray cluster has {gpus:g}; "
-            "set resources.gpu: 0 (or --set is not enough: edit the space) or connect to a cluster with GPUs (--address)"
+            "set resources.gpu: 0 (or --set is not enough: edit the space) "
+            "or connect to a cluster with GPUs (--address)"
         )
     per_node = max((n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=0.0)
     if res.cpu > per_node:

@@ -35,7 +35,6 @@ from liverlab.sweep.space import LoadedSpace, arm_id, load_space
 from liverlab.sweep.trainable import META, run_trial
 from liverlab.tracking.client import resolve_tracking_uri
 from liverlab.tracking.writer import finish_sweep_run, git_tags, open_sweep_run
-from liverlab.verbosity import ray_logging_level
 
 SWEEP_FILE = "liverlab_sweep.json"
 
@@ -89,8 +88,10 @@ def dry_run_text(loaded: LoadedSpace) -> str:
         f"  samples per arm and seed: {s.budget.samples_per_arm}",
         "  objective: " + ", ".join(f"{o.metric} ({o.mode})" for o in s.objectives),
         f"  scheduler: {s.scheduler.type}" + (f" (max_t {loaded.max_t(cfg)}, grace {s.scheduler.grace_period}, "
-                                               f"reduction {s.scheduler.reduction_factor:g})" if s.scheduler.type == "asha" else ""),
-        f"  resources per trial: {s.resources.cpu:g} CPU, {s.resources.gpu:g} GPU; max concurrent {s.budget.max_concurrent}",
+                                               f"reduction {s.scheduler.reduction_factor:g})"
+                                               if s.scheduler.type == "asha" else ""),
+        f"  resources per trial: {s.resources.cpu:g} CPU, {s.resources.gpu:g} GPU; "
+        f"max concurrent {s.budget.max_concurrent}",
         f"  trials: {len(loaded.trials())}",
     ]
     return "\n".join(lines)
@@ -137,7 +138,9 @@ def _run_sweep(opts: SweepOptions, session: Any) -> int:
         sweep_loc = tune_dir = str(local_dir)
     can_restore = tune.Tuner.can_restore(tune_dir, storage_filesystem=ray_fs)
     if can_restore and not opts.resume:
-        raise LiverlabError(f"sweep {s.name!r} already exists at {sweep_loc}: add --resume to continue it, or --name NEW")
+        raise LiverlabError(
+            f"sweep {s.name!r} already exists at {sweep_loc}: add --resume to continue it, or --name NEW"
+        )
     # A resume needs Tune's state or, when that was lost (liverlab.sweep.plan), the sweep's own file.
     if opts.resume and not (can_restore or (local_dir / SWEEP_FILE).is_file()):
         raise LiverlabError(f"--resume: no sweep state at {sweep_loc} to resume")
@@ -189,7 +192,8 @@ def _run_sweep(opts: SweepOptions, session: Any) -> int:
         "parent_run_id": parent_run_id,
         "cache_root": join(sweep_loc, "cache"),
         "cpus_per_trial": s.resources.cpu,
-        "tags": {k: v for k, v in base_tags.items() if k != "liverlab.sweep_key"} | {"liverlab.manifest_hash": _data_hash(first)},
+        "tags": {k: v for k, v in base_tags.items() if k != "liverlab.sweep_key"}
+        | {"liverlab.manifest_hash": _data_hash(first)},
     }
     trainable = tune.with_resources(run_trial, {"cpu": s.resources.cpu, "gpu": s.resources.gpu})
     live = LiveTable(loaded, enabled=opts.live)

@@ -34,10 +34,14 @@ class ArmSearcher(Searcher):
         objectives = loaded.space.objectives
         metric: Any = [o.metric for o in objectives] if len(objectives) > 1 else objectives[0].metric
         mode: Any = [o.mode for o in objectives] if len(objectives) > 1 else objectives[0].mode
-        super().__init__(metric=metric if isinstance(metric, str) else None, mode=mode if isinstance(mode, str) else None)
+        super().__init__(
+            metric=metric if isinstance(metric, str) else None, mode=mode if isinstance(mode, str) else None
+        )
         keep = None if only is None else set(only)
         # (arm, seed, sample): the sample index is the trial's slot, tagged on its MLflow run (liverlab.sample).
-        self._plan = [(arm, seed, k) for arm, seed, k in loaded.trials() if keep is None or (arm_id(arm), seed, k) in keep]
+        self._plan = [
+            (arm, seed, k) for arm, seed, k in loaded.trials() if keep is None or (arm_id(arm), seed, k) in keep
+        ]
         self._next = 0
         self._trial_arm: dict[str, str] = {}
         self._studies: dict[str, OptunaSearch | None] = {}

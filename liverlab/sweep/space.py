@@ -64,7 +64,9 @@ class Objective(_Strict):
 
 class SchedulerSpec(_Strict):
     type: Literal["asha", "none"] = "asha"
-    max_t: int | None = Field(None, ge=1, description="default: the stage's reports (EssNet epochs; U-Net iterations / val_every)")
+    max_t: int | None = Field(
+        None, ge=1, description="default: the stage's reports (EssNet epochs; U-Net iterations / val_every)"
+    )
     grace_period: int = Field(1, ge=1)
     reduction_factor: float = Field(2.0, gt=1.0)
 
@@ -236,7 +238,9 @@ def load_space(path: str | Path, extra_set: list[str] | None = None) -> LoadedSp
     for key, p in space.params.items():
         for factor, values in (p.when or {}).items():
             if factor not in space.arms:
-                raise LiverlabError(f"{path}: params.{key}.when.{factor}: not an arm factor ({', '.join(space.arms) or 'none'})")
+                raise LiverlabError(
+                    f"{path}: params.{key}.when.{factor}: not an arm factor ({', '.join(space.arms) or 'none'})"
+                )
             bad = [v for v in values if v not in space.arms[factor]]
             if bad:
                 raise LiverlabError(f"{path}: params.{key}.when.{factor}: {bad} not among the arm's values")
@@ -256,7 +260,9 @@ def load_space(path: str | Path, extra_set: list[str] | None = None) -> LoadedSp
     if space.scheduler.type == "asha":
         obj = space.objectives[0].metric
         if not (obj.startswith("val/") or obj.startswith("train/")):
-            raise LiverlabError(f"{path}: objective.metric: {obj!r} is not reported per epoch (use val/... or train/...)")
+            raise LiverlabError(
+                f"{path}: objective.metric: {obj!r} is not reported per epoch (use val/... or train/...)"
+            )
     del cfg
     return loaded
 

@@ -70,7 +70,9 @@ def run_trial(config: dict[str, Any]) -> None:
     if "sample" in config:  # the trial's slot (arm, seed, sample): one FINISHED run per slot after a resume
         tags["liverlab.sample"] = str(config["sample"])
     run_name = f"{config['arm_id']} seed={config['seed']} {trial_id}"
-    tracker = open_trial_run(meta["tracking_uri"], meta["experiment_id"], meta["parent_run_id"], trial_id, tags, run_name=run_name)
+    tracker = open_trial_run(
+        meta["tracking_uri"], meta["experiment_id"], meta["parent_run_id"], trial_id, tags, run_name=run_name
+    )
     replace_slot_runs(tracker, meta["experiment_id"], meta["parent_run_id"], tags, meta["tracking_uri"])
 
     workdir = Path(ctx.get_trial_dir()) / "work"

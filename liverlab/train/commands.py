@@ -58,7 +58,9 @@ def _train(args: argparse.Namespace) -> int:
         if code is not None:
             return code
         if tracker is not None:
-            tracker.finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED", error=f"{type(exc).__name__}: {exc}")
+            tracker.finish(
+                "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED", error=f"{type(exc).__name__}: {exc}"
+            )
         raise
     if tracker is not None:
         tracker.finish("FINISHED")

@@ -179,4 +179,7 @@ class EssNetData:
 
     def val_batches(self, batch_size: int = 8) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for i in range(0, len(self.val_ct), batch_size):
-            yield torch.from_numpy(self.val_ct[i : i + batch_size, None]), torch.from_numpy(self.val_mask[i : i + batch_size])
+            yield (
+                torch.from_numpy(self.val_ct[i : i + batch_size, None]),
+                torch.from_numpy(self.val_mask[i : i + batch_size]),
+            )

@@ -70,7 +70,9 @@ def mri_reference(images: list[np.ndarray], n: int = REFERENCE_QUANTILES) -> np.
     return np.quantile(voxels, np.linspace(0.0, 1.0, n)).astype(np.float64)
 
 
-def random_warp(rng: np.random.Generator, knots: int = WARP_KNOTS, concentration: float = WARP_CONCENTRATION) -> tuple[np.ndarray, np.ndarray]:
+def random_warp(
+    rng: np.random.Generator, knots: int = WARP_KNOTS, concentration: float = WARP_CONCENTRATION
+) -> tuple[np.ndarray, np.ndarray]:
     """A random strictly increasing piecewise-linear map of [0, 1] onto [0, 1]: (knot x, knot y)."""
     xs = np.linspace(0.0, 1.0, knots + 2)
     steps = rng.dirichlet(np.full(knots + 1, concentration))

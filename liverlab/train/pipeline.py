@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
@@ -69,7 +69,9 @@ def essnet_key(config: ExperimentConfig) -> str:
     return sha256_json(payload)
 
 
-def materialise(cache_root: str | Path, kind: str, key: str, marker: str, compute: Callable[[Path], None]) -> tuple[Path, bool]:
+def materialise(
+    cache_root: str | Path, kind: str, key: str, marker: str, compute: Callable[[Path], None]
+) -> tuple[Path, bool]:
     """A cache entry as a local folder: ``(folder, reused?)``; ``compute(folder)`` makes it once.
 
     On a POSIX ``cache_root`` (shared folder) the entry lives there and a file
@@ -104,7 +106,9 @@ def materialise(cache_root: str | Path, kind: str, key: str, marker: str, comput
         return folder, False
 
 
-def cached_essnet(config: ExperimentConfig, cache_root: str | Path, tracker: Any) -> tuple[Path, dict[str, float], bool]:
+def cached_essnet(
+    config: ExperimentConfig, cache_root: str | Path, tracker: Any
+) -> tuple[Path, dict[str, float], bool]:
     """Train (or reuse) the translator; return (checkpoint folder, its final metrics, reused?)."""
     from liverlab.train.essnet import train_essnet
 
@@ -161,10 +165,9 @@ def run_pipeline(
     progress: bool = False,
 ) -> dict[str, float]:
     """Translator (per ``synthesis``), synthetic set, then the U-Net; U-Net metrics returned."""
+    from liverlab.config import dump_config
     from liverlab.tracking.writer import NullTracker
     from liverlab.train.unet import train_unet
-
-    from liverlab.config import dump_config
 
     tracker = tracker or NullTracker()
     workdir = Path(workdir)
@@ -173,14 +176,20 @@ def run_pipeline(
     tracker.log_text(dump_config(config), "config.yaml")
     tracker = _StageTracker(tracker)
     if config.synthesis == "none":
-        unet_cfg = config.model_copy(update={"unet": config.unet.model_copy(update={"mixing_ratio": 0.0, "synthetic": None})})
+        unet_cfg = config.model_copy(
+            update={"unet": config.unet.model_copy(update={"mixing_ratio": 0.0, "synthetic": None})}
+        )
         return train_unet(unet_cfg, report, tracker, workdir / "unet", progress=progress)
 
     if config.synthesis == "intensity":  # the non-GAN control: no translator to train
         synthetic, synth_reused = cached_intensity(config, cache_root)
-        tracker.set_tags({"liverlab.synthetic_cache": synthetic.name, "liverlab.synthetic_reused": str(synth_reused).lower()})
+        tracker.set_tags(
+            {"liverlab.synthetic_cache": synthetic.name, "liverlab.synthetic_reused": str(synth_reused).lower()}
+        )
         unet = config.unet.model_copy(update={"synthetic": str(synthetic)})
-        return train_unet(config.model_copy(update={"unet": unet}), report, tracker, workdir / "unet", progress=progress)
+        return train_unet(
+            config.model_copy(update={"unet": unet}), report, tracker, workdir / "unet", progress=progress
+        )
 
     checkpoint, essnet_metrics, reused = cached_essnet(config, cache_root, tracker)
     if reused:  # the run still carries the translator's figures and its last picture panel

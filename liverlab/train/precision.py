@@ -143,7 +143,9 @@ class Amp:
         device = f"cuda ({torch.cuda.get_device_name(self.device)})" if self.device.type == "cuda" else self.device.type
         out = {"resolved.precision": self.precision, "resolved.device": device}
         if self.device.type == "cuda":
-            out.update({"resolved.tf32": str(self.tf32).lower(), "resolved.cudnn_benchmark": str(self.cudnn_benchmark).lower()})
+            out.update(
+                {"resolved.tf32": str(self.tf32).lower(), "resolved.cudnn_benchmark": str(self.cudnn_benchmark).lower()}
+            )
         return out
 
 

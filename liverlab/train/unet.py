@@ -220,7 +220,8 @@ def train_unet(
             tracker.log_metrics(metrics, step=it)
             state = {
                 "kind": "unet", "iteration": it, "model": model.state_dict(), "optim": opt.state_dict(),
-                "scaler": scaler.state_dict(), "best_model": best_state if best_state is not None else model.state_dict(),
+                "scaler": scaler.state_dict(),
+                "best_model": best_state if best_state is not None else model.state_dict(),
                 "best_iou": best_iou, "bad_rounds": bad_rounds,
                 "config": config.model_dump(mode="json"), "rng": common.rng_state(),
             }
@@ -254,7 +255,9 @@ def train_unet(
     return final
 
 
-def _panel(model: torch.nn.Module, slices: Any, device: torch.device, precision: str, workdir: Path, tracker: Any) -> None:
+def _panel(
+    model: torch.nn.Module, slices: Any, device: torch.device, precision: str, workdir: Path, tracker: Any
+) -> None:
     import numpy as np
 
     from liverlab.train.visual import segmentation_panel
