@@ -75,7 +75,7 @@ def test_preflight_refuses_gpus_the_cluster_does_not_have(tmp_path, phantom_root
         run_sweep(SweepOptions(space=str(space), storage=str(tmp_path / "s"), live=False, report=False))
 
 
-def test_pipeline_sweep_tracks_parent_and_children(tmp_path, phantom_root, ray_session):
+def test_pipeline_sweep_tracks_parent_and_children(tmp_path, phantom_root, ray_session, capfd):
     space = _write_space(
         tmp_path, phantom_root, "e2e", stage="pipeline", arms={"synthesis": ["none", "essnet"]}, seeds=[0],
         params={"unet.mixing_ratio": {"type": "float", "low": 0.5, "high": 1.5, "when": {"synthesis": ["essnet"]}}},
@@ -92,6 +92,9 @@ def test_pipeline_sweep_tracks_parent_and_children(tmp_path, phantom_root, ray_s
     cache = tmp_path / "s" / "e2e" / "cache"
     assert len(list((cache / "essnet").glob("*/done.json"))) == 1
     assert len(list((cache / "synthetic").glob("*/provenance.json"))) == 1
+    # Trial working files live in node-local scratch, not in the trial folders Tune syncs to storage.
+    assert not list((tmp_path / "s" / "e2e").rglob("work")) and not list((tmp_path / "s").rglob("*.tmp-*"))
+    assert "Saving experiment state" not in capfd.readouterr().err
     essnet_runs = [c for c in children if c.data.tags["liverlab.arm"] == "synthesis=essnet"]
     assert sorted(c.data.tags["liverlab.synthetic_reused"] for c in essnet_runs) == ["false", "true"]
     for child in children:
@@ -152,6 +155,30 @@ def test_sigkill_of_the_driver_resumes_with_one_run_per_trial(tmp_path, phantom_
     assert all(c.info.status == "FINISHED" for c in children), [
         (c.info.status, c.data.tags.get("liverlab.error")) for c in children] + [resumed.stdout[-2000:]]
     assert parent.info.status == "FINISHED"
+
+
+def test_runs_of_trials_the_resumed_sweep_lost_are_retired(tmp_path):
+    """A trial started after Tune's last state save is gone after --resume: its run must not count twice."""
+    from mlflow.entities import ViewType
+
+    from liverlab.tracking.writer import open_sweep_run, open_trial_run, retire_orphans
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    exp, parent = open_sweep_run(uri, "lost", {"liverlab.sweep": "lost", "liverlab.sweep_key": "k1"})
+    kept = open_trial_run(uri, exp, parent, "kept0001", {"liverlab.arm": "a=1"})
+    kept.finish("FINISHED")
+    lost = open_trial_run(uri, exp, parent, "lost0001", {"liverlab.arm": "a=1"})  # left RUNNING by a killed driver
+    lost.log_metrics({"val/iou": 0.5}, step=4)
+    lost.flush()
+    assert retire_orphans(uri, parent, set()) == []  # no trial list: nothing is guessed
+    assert retire_orphans(uri, parent, {"kept0001", "other"}) == [lost.run_id]
+    client = MlflowClient(uri)
+    active = client.search_runs([exp], filter_string=f"tags.mlflow.parentRunId = '{parent}'")
+    assert [r.info.run_id for r in active] == [kept.run_id]
+    gone = client.get_run(lost.run_id)
+    assert gone.info.lifecycle_stage == "deleted" and gone.info.status == "KILLED"
+    assert "liverlab.orphaned" in gone.data.tags
+    assert len(client.search_runs([exp], run_view_type=ViewType.ALL)) == 3  # parent, kept, lost: nothing purged
 
 
 def test_exit_code_is_non_zero_when_every_trial_failed(tmp_path, phantom_root, ray_session):

@@ -34,7 +34,7 @@ from liverlab.sweep.search import ArmSearcher
 from liverlab.sweep.space import LoadedSpace, arm_id, load_space
 from liverlab.sweep.trainable import META, run_trial
 from liverlab.tracking.client import resolve_tracking_uri
-from liverlab.tracking.writer import finish_sweep_run, git_tags, open_sweep_run
+from liverlab.tracking.writer import finish_sweep_run, git_tags, open_sweep_run, retire_orphans
 
 SWEEP_FILE = "liverlab_sweep.json"
 
@@ -138,8 +138,10 @@ def run_sweep(opts: SweepOptions) -> int:
     connect(opts.address)
     preflight(loaded)
     uri = resolve_tracking_uri(opts.tracking_uri, local_dir)
-    if ray_fs is None:  # multi-node only: every node must see the shared folder and the tracking store
-        quick_check(storage=sweep_loc, tracking_uri=uri)
+    first = loaded.config(loaded.arms()[0], s.seeds[0])
+    # Multi-node only: every node must reach the storage (folder or bucket, with its own
+    # credentials) and the tracking store, and hold the driver's data.
+    quick_check(storage=sweep_loc, tracking_uri=uri, data=_node_data(first))
     sweep_key = hashlib.sha256(sweep_loc.encode()).hexdigest()[:16]
     repo_tags = git_tags(Path(loaded.path).parent)
     base_tags = {
@@ -154,7 +156,6 @@ def run_sweep(opts: SweepOptions) -> int:
             "space_file": str(loaded.path), "baseline": s.baseline, "storage": sweep_loc}
     _write_sweep_file(sweep_loc, local_dir, json.dumps(info, indent=2))
 
-    first = loaded.config(loaded.arms()[0], s.seeds[0])
     from liverlab.train.data import dataset_dirs
 
     dataset_dirs(first)  # phantoms are generated here once, not raced by the first trials
@@ -166,6 +167,7 @@ def run_sweep(opts: SweepOptions) -> int:
         "experiment_id": experiment_id,
         "parent_run_id": parent_run_id,
         "cache_root": join(sweep_loc, "cache"),
+        "sweep_id": f"{s.name}-{sweep_key[:8]}",  # names the trials' node-local scratch folders
         "cpus_per_trial": s.resources.cpu,
         "tags": {k: v for k, v in base_tags.items() if k != "liverlab.sweep_key"} | {"liverlab.manifest_hash": _data_hash(first)},
     }
@@ -219,6 +221,10 @@ def run_sweep(opts: SweepOptions) -> int:
         live.close()
     elapsed = time.perf_counter() - t0
     n_errors = results.num_errors
+    orphans = retire_orphans(uri, parent_run_id, _trial_ids(tune_dir, ray_fs))
+    if orphans:
+        print(f"{len(orphans)} run(s) of trials lost with the previous driver (started after its last state save; "
+              f"their arms and seeds ran again) tagged liverlab.orphaned and deleted: {', '.join(orphans)}")
     finish_sweep_run(uri, parent_run_id, "FAILED" if n_errors == len(results) else "FINISHED")
     print(summarize(loaded, results, elapsed))
     print(f"results: {sweep_loc}\nMLflow: mlflow ui --backend-store-uri {uri}   (experiment {s.name!r})")
@@ -227,11 +233,27 @@ def run_sweep(opts: SweepOptions) -> int:
     return 1 if len(results) and n_errors == len(results) else 0
 
 
+def _trial_ids(tune_dir: str, ray_fs: Any) -> set[str]:
+    """Every trial of the experiment as Tune saved it at the end (restored trials included)."""
+    try:
+        return {t.trial_id for t in tune.ExperimentAnalysis(tune_dir, storage_filesystem=ray_fs).trials}
+    except Exception:  # noqa: BLE001 - no state to read: retire nothing rather than guess
+        return set()
+
+
 def _write_sweep_file(sweep_loc: str, local_dir: Path, text: str) -> None:
     """``liverlab_sweep.json`` in the sweep's storage (and a local copy for `liverlab report`)."""
     if is_uri(sweep_loc):
         write_text(join(sweep_loc, SWEEP_FILE), text)
     write_bytes_atomic(local_dir / SWEEP_FILE, text.encode())
+
+
+def _node_data(config: Any) -> list[str] | None:
+    """The data folders every node must hold a copy of (phantoms and imports each node makes itself)."""
+    d = config.data
+    if d.phantom is not None or d.import_:
+        return None
+    return [str(p) for p in (d.ct_dir, d.mri_dir) if Path(p).is_dir()] or None
 
 
 def _data_hash(config: Any) -> str:

@@ -2,7 +2,8 @@
 
 The training functions never see Ray: this adapter binds their ``report``
 callback to ``ray.tune.report`` (with ``tune.Checkpoint``), restores the last
-checkpoint into the trial's work folder before a retry or a resume, picks the
+checkpoint into the trial's node-local work folder (``storage.trial_scratch``,
+removed when the attempt ends) before a retry or a resume, picks the
 device from the GPUs Ray assigned (``CUDA_VISIBLE_DEVICES`` is not blanked for
 CPU trials), and opens the trial's MLflow child run, which a resumed or
 retried trial continues instead of duplicating.
@@ -10,7 +11,6 @@ retried trial continues instead of duplicating.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import ray
@@ -18,6 +18,7 @@ from ray import tune
 
 from liverlab import __version__
 from liverlab.config import config_from_dict
+from liverlab.storage import remove_scratch, trial_scratch
 
 META = "_liverlab"  # the sweep's constants inside Tune's param_space
 
@@ -56,7 +57,11 @@ def run_trial(config: dict[str, Any]) -> None:
     run_name = f"{config['arm_id']} seed={config['seed']} {trial_id}"
     tracker = open_trial_run(meta["tracking_uri"], meta["experiment_id"], meta["parent_run_id"], trial_id, tags, run_name=run_name)
 
-    workdir = Path(ctx.get_trial_dir()) / "work"
+    # Working files live in node-local scratch, never in ctx.get_trial_dir(): Tune syncs that
+    # folder (on the driver's node it uploads it whole at every experiment-state save, racing
+    # our temp-file writes). What outlives the attempt is what it reports: Tune copies each
+    # checkpoint into the sweep storage, and MLflow holds the metrics and artifacts.
+    workdir = trial_scratch(meta.get("sweep_id") or ctx.get_experiment_name(), trial_id)
     stage_dir = workdir / "unet" if cfg.stage == "pipeline" else workdir
     restored = tune.get_checkpoint()
     if restored is not None:  # a retry or a resumed sweep continues from the last report
@@ -94,4 +99,6 @@ def run_trial(config: dict[str, Any]) -> None:
     except BaseException as exc:
         tracker.finish("FAILED", error=f"{type(exc).__name__}: {exc}")
         raise
+    finally:
+        remove_scratch(workdir)
     tracker.finish("FINISHED")

@@ -276,6 +276,32 @@ def finish_sweep_run(
     retry_locked(client.set_terminated, parent_run_id, status)
 
 
+def retire_orphans(uri: str, parent_run_id: str, trial_ids: set[str]) -> list[str]:
+    """Delete (MLflow's soft delete) the child runs of trials the sweep's experiment does not hold.
+
+    After ``kill -9`` of the driver, ``Tuner.restore`` continues from Tune's last
+    experiment-state save: a trial started after it is unknown to the resumed
+    sweep, whose searcher hands out its arm and seed again under a new trial id.
+    The lost trial's run (RUNNING, or even FINISHED) is then a second run for
+    that arm and seed: it is tagged ``liverlab.orphaned`` and deleted, so each
+    trial keeps exactly one run. ``mlflow runs restore --run-id ...`` brings one
+    back. Returns the deleted runs' ids (none when ``trial_ids`` is empty).
+    """
+    if not trial_ids:
+        return []
+    client = client_for(uri)
+    parent = retry_locked(client.get_run, parent_run_id)
+    children = _search_all(client, parent.info.experiment_id, f"tags.`mlflow.parentRunId` = {_filter_value(parent_run_id)}")
+    orphans = [c for c in children if c.data.tags.get("liverlab.trial_id", "") not in trial_ids]
+    for run in orphans:
+        set_run_tags(client, run.info.run_id, {"liverlab.orphaned": "a trial the resumed sweep no longer holds (driver "
+                                                                     "lost before Tune saved it); its arm and seed ran again"})
+        if run.info.status == "RUNNING":
+            retry_locked(client.set_terminated, run.info.run_id, "KILLED")
+        retry_locked(client.delete_run, run.info.run_id)
+    return [r.info.run_id for r in orphans]
+
+
 def log_artifacts_to_run(uri: str, run_id: str, local_dir: str | Path, artifact_path: str | None = None) -> None:
     """Copy a local folder into any run's artifacts (the report goes to the sweep's parent)."""
     retry_locked(client_for(uri).log_artifacts, run_id, str(local_dir), artifact_path)

@@ -77,6 +77,7 @@ class UNetData:
             )
         self.test = self._split(config, "test")
         augment = Augment.from_config(u.augment, seed=config.seed)
+        self.augment = augment
         context = u.model.context_slices
         real = SegmentationSlices(self.train, augment=augment, context=context)
         self.n_real, self.n_synth = len(real), 0
@@ -112,6 +113,8 @@ class UNetData:
         from liverlab.data.datasets import MixingSampler
 
         n = steps * self.batch_size
+        if self.augment.generator is not None:  # the augmentation's draws too, or a resumed round would differ
+            self.augment.generator.manual_seed(self.seed * 1000 + round_)
         sampler = MixingSampler(self.n_real, self.n_synth, self.ratio, num_samples=n, seed=self.seed * 1000 + round_)
         return torch.utils.data.DataLoader(self.dataset, batch_size=self.batch_size, sampler=sampler, num_workers=0)
 
