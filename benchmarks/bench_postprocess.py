@@ -37,8 +37,8 @@ def before_after(checkpoint: Path, data: Path, split: str | None) -> list[dict[s
 
     from liverlab.train import common
     from liverlab.train import data as tdata
-    from liverlab.train.evaluate import native_predictions
-    from liverlab.train.segment import load_unet
+    from liverlab.infer.evaluate import native_predictions
+    from liverlab.infer.segment import load_unet
 
     device = common.select_device("auto")
     model, config = load_unet(checkpoint, device)

@@ -22,10 +22,14 @@ from liverlab.errors import LiverlabError
 _COMMAND_MODULES = (
     "liverlab.data.commands",
     "liverlab.train.commands",
+    "liverlab.infer.commands",
     "liverlab.sweep.commands",
     "liverlab.report.commands",
     "liverlab.export.commands",
 )
+
+
+_VERBOSE_HELP = "show the libraries' own INFO lines and progress bars (MLflow, Ray); liverlab's are always shown"
 
 
 def _show_config(args: argparse.Namespace) -> int:
@@ -75,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
         "`liverlab COMMAND --help` for each command; docs/commands.md has them all.",
     )
     parser.add_argument("--version", action="version", version=f"liverlab {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help=_VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("show-config", help="print a resolved experiment config",
@@ -99,12 +104,25 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.register(sub)
+    _add_verbose(sub)  # also after the command: `liverlab train x.yaml --verbose`
     return parser
+
+
+def _add_verbose(sub: argparse._SubParsersAction) -> None:
+    """``--verbose`` on every (sub-)command; SUPPRESS keeps the top-level value when it is not given there."""
+    for command in sub.choices.values():
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=_VERBOSE_HELP)
+        for action in command._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _add_verbose(action)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from liverlab import verbosity
+
+    verbosity.configure(args.verbose)  # before any command imports mlflow or ray
     try:
         return int(args.func(args) or 0)
     except LiverlabError as err:

@@ -20,7 +20,7 @@ and the maximum for ASSD, MSSD and |RAVD| (lower is better). Infinite values
 (a surface distance to an empty mask) are left out of mean and median and
 counted; the worst case is then ``inf``, which is what it is.
 
-Pure Python / NumPy: imported by ``liverlab.train.commands`` and
+Pure Python / NumPy: imported by ``liverlab.infer.commands`` and
 ``liverlab.report`` alike.
 """
 

@@ -114,3 +114,19 @@ def test_bad_override_is_one_line_exit_2(capsys):
     assert main(["show-config", str(TINY), "--set", "unet.iterations=-3"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "unet.iterations" in err and str(TINY) in err
+
+
+def test_one_stage_table_for_every_configurable_stage_imports_nothing_heavy() -> None:
+    """`liverlab train` and the sweep trainable choose a stage from one table; choosing loads no torch."""
+    import subprocess
+    import sys
+    import typing
+
+    from liverlab.config import ExperimentConfig
+    from liverlab.train.stages import STAGES
+
+    assert set(STAGES) == set(typing.get_args(ExperimentConfig.model_fields["stage"].annotation))
+    code = ("import sys, liverlab.train.stages, liverlab.train.commands, liverlab.infer.commands;"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -407,3 +407,21 @@ def test_chaos_mask_values(tmp_path: Path) -> None:
     assert ct.tolist() == [[0, 1, 1, 1, 1, 1, 1, 1, 1]]
     with pytest.raises(LiverlabError, match=r"m.png: mask shape \(1, 9\) differs from the DICOM slice shape \(9, 1\)"):
         _read_mask(tmp_path / "m.png", (9, 1), None)
+
+
+def test_first_use_import_refuses_a_stale_folder(tmp_path: Path) -> None:
+    """A folder imported when the source held fewer patients is an error naming the new cases, not used silently."""
+    from liverlab.data.importers import ensure_imported
+
+    src, out = tmp_path / "src", tmp_path / "mri"
+    for name in ("1", "2"):
+        write_pair(src, name)
+    spec = {"kind": "nifti", "images": str(src / "image_*.nii.gz"), "labels": str(src / "label_*.nii.gz"),
+            "modality": "mri", "liver_label": 1}
+    ensure_imported(out, [spec], log=False)
+    assert ensure_imported(out, [spec], log=False) == out  # unchanged source: reused
+    write_pair(src, "13")  # the source grew
+    with pytest.raises(LiverlabError, match=r"imported earlier with 2 case\(s\).*mri_13.*delete"):
+        ensure_imported(out, [spec], log=False)
+    gone = {**spec, "images": str(tmp_path / "moved" / "image_*.nii.gz")}
+    assert ensure_imported(out, [gone], log=False) == out  # sources no longer here: the import stands

@@ -17,7 +17,7 @@ from liverlab.data.manifest import build_manifest
 from liverlab.data.phantoms import generate_phantoms
 from liverlab.train import common
 from liverlab.train import data as tdata
-from liverlab.train.commands import evaluation_result
+from liverlab.infer.commands import evaluation_result
 from liverlab.train.unet import build_unet
 
 

@@ -16,8 +16,8 @@ from liverlab.config import PostprocessConfig, config_from_dict, read_yaml
 from liverlab.data.nifti import load_volume
 from liverlab.errors import LiverlabError
 from liverlab.train import data as tdata
-from liverlab.train.evaluate import METRICS, case_metrics, evaluate_files, native_case_metrics, predict_slices
-from liverlab.train.segment import load_unet, segment_dataset
+from liverlab.infer.evaluate import METRICS, case_metrics, evaluate_files, native_case_metrics, predict_slices
+from liverlab.infer.segment import load_unet, segment_dataset
 from liverlab.train.unet import train_unet
 
 
@@ -131,7 +131,7 @@ def _one_hot(masks: np.ndarray) -> np.ndarray:
 
 def test_to_native_inverts_the_spacing_crop_exactly():
     from liverlab.data.preprocess import to_spacing
-    from liverlab.train.evaluate import to_native
+    from liverlab.infer.evaluate import to_native
 
     # 40 x 40 slice at 1 mm, cached at 1 mm per pixel into 32 x 32: a centre crop of 4 px per side.
     label = np.zeros((1, 40, 40), dtype=np.uint8)
@@ -148,7 +148,7 @@ def test_to_native_inverts_the_spacing_crop_exactly():
 def test_to_native_roundtrip_of_a_phantom_label(phantom_root):
     from liverlab.data.preprocess import axial_slices, resize_slices, to_spacing
     from liverlab.metrics import iou
-    from liverlab.train.evaluate import to_native
+    from liverlab.infer.evaluate import to_native
 
     vol = load_volume(phantom_root / "mri" / "labelsTr" / "phantom_000.nii.gz")
     label = axial_slices((vol.image > 0).astype(np.uint8), np.arange(vol.shape[2]))
@@ -167,7 +167,7 @@ def test_to_native_roundtrip_of_a_phantom_label(phantom_root):
 
 
 def test_native_grid_reads_the_cache_spacing(phantom_root):
-    from liverlab.train.evaluate import slice_grid_spacing_mm
+    from liverlab.infer.evaluate import slice_grid_spacing_mm
 
     plain = _config(phantom_root)
     spaced = _config(phantom_root, **{"data.spacing_mm": 15.0})

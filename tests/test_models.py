@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from liverlab.config import DiscriminatorConfig, GeneratorConfig, SegmenterConfig, UNetModelConfig
+from liverlab.errors import LiverlabError
 from liverlab.models import (
     MODELS,
     PatchDiscriminator,
@@ -27,13 +28,18 @@ from liverlab.models import (
     segmenter_from_config,
     unet_from_config,
 )
+from liverlab.models.resnet import UPSAMPLE_MODES, up_block
 
 # (case id, registry name, kwargs, input shape, expected output shape)
 CASES: list[tuple[str, str, dict[str, Any], tuple[int, ...], tuple[int, ...]]] = [
     ("generator", "resnet_generator", dict(ngf=4, n_blocks=2), (2, 1, 32, 32), (2, 1, 32, 32)),
     ("generator-d1-rgb", "resnet_generator",
      dict(in_channels=3, out_channels=3, ngf=4, n_blocks=1, n_downsampling=1), (1, 3, 16, 24), (1, 3, 16, 24)),
+    ("generator-nearest", "resnet_generator", dict(ngf=4, n_blocks=1, upsample="nearest"), (2, 1, 32, 32), (2, 1, 32, 32)),
+    ("generator-bilinear-d3", "resnet_generator",
+     dict(ngf=4, n_blocks=1, n_downsampling=3, upsample="bilinear"), (1, 1, 32, 40), (1, 1, 32, 40)),
     ("segmenter", "resnet_segmenter", dict(ngf=4, n_blocks=2), (2, 1, 32, 32), (2, 2, 32, 32)),
+    ("segmenter-nearest", "resnet_segmenter", dict(ngf=4, n_blocks=1, upsample="nearest"), (2, 1, 16, 16), (2, 2, 16, 16)),
     # 32 -> 16 -> 8 -> 4 (three stride-2 convs), then two stride-1 4x4 convs: 4 - 1 - 1 = 2.
     ("patchgan", "patchgan", dict(ndf=4, n_layers=3), (2, 1, 32, 32), (2, 1, 2, 2)),
     ("patchgan-l2", "patchgan", dict(ndf=4, n_layers=2), (2, 1, 32, 48), (2, 1, 6, 10)),
@@ -101,6 +107,7 @@ BAD_ARGS: list[tuple[str, dict[str, Any], str]] = [
     ("resnet_generator", dict(output_activation="relu"), "output_activation"),
     ("resnet_generator", dict(dropout=1.0), "dropout"),
     ("resnet_generator", dict(init_gain=-1.0), "init_gain"),
+    ("resnet_generator", dict(upsample="bicubic"), "upsample"),
     ("resnet_segmenter", dict(out_channels=0), "out_channels"),
     ("resnet_segmenter", dict(ngf=True), "ngf"),
     ("patchgan", dict(ndf=0), "ndf"),
@@ -205,3 +212,78 @@ def test_generator_output_in_tanh_range_and_segmenter_unbounded() -> None:
     x = 10 * torch.randn(1, 1, 16, 16)
     assert g(x).abs().max() <= 1.0
     assert isinstance(s.model[-1], nn.Conv2d)  # logits: no tanh at the end
+
+
+# ----------------------------------------------------------------------------- the generator's upsampling
+
+
+def test_cases_cover_upsample_modes() -> None:
+    modes = {c[2].get("upsample", "transpose") for c in CASES if c[1] == "resnet_generator"}
+    assert modes == set(UPSAMPLE_MODES)
+
+
+def _fixed_up(mode: str, kernel: list[list[float]]) -> nn.Sequential:
+    """A 1 -> 1 channel up block of ``mode`` whose (only) convolution has the given 3x3 kernel."""
+    block = nn.Sequential(*up_block(1, 1, mode))
+    conv = [m for m in block if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    assert len(conv) == 1 and conv[0].bias is None
+    with torch.no_grad():
+        conv[0].weight.copy_(torch.tensor(kernel).view(1, 1, 3, 3))
+    return block
+
+
+X = torch.tensor([[1.0, 2.0], [3.0, 4.0]]).view(1, 1, 2, 2)
+ONES = [[1.0] * 3] * 3
+CENTRE = [[0.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]]
+
+
+def test_nearest_resize_conv_known_answer() -> None:
+    # Nearest x2: [[1,1,2,2],[1,1,2,2],[3,3,4,4],[3,3,4,4]]; reflection pad 1 repeats the edge pairs,
+    # so each 3x3 sum is 9 + 3 * column + 6 * row: a plain ramp, every output pixel from 9 taps.
+    expected = torch.tensor([[9.0, 12.0, 15.0, 18.0],
+                             [15.0, 18.0, 21.0, 24.0],
+                             [21.0, 24.0, 27.0, 30.0],
+                             [27.0, 30.0, 33.0, 36.0]])
+    assert torch.equal(_fixed_up("nearest", ONES)(X)[0, 0], expected)
+
+
+def test_bilinear_resize_conv_known_answer() -> None:
+    # Bilinear x2 (pixel centres) of [1, 2] is [1, 1.25, 1.75, 2]; the input is 1 + 2 row + column,
+    # so the output is 1 + 2 r + c with r, c in (0, 0.25, 0.75, 1); the centre tap passes it through.
+    expected = torch.tensor([[1.0, 1.25, 1.75, 2.0],
+                             [1.5, 1.75, 2.25, 2.5],
+                             [2.5, 2.75, 3.25, 3.5],
+                             [3.0, 3.25, 3.75, 4.0]])
+    assert torch.allclose(_fixed_up("bilinear", CENTRE)(X)[0, 0], expected)
+
+
+def test_transposed_conv_known_answer_is_uneven() -> None:
+    # The reference's stride-2 transposed conv with the same all-ones kernel: output row/column 1 gets
+    # taps from two input rows/columns, the others from one: the checkerboard's origin.
+    expected = torch.tensor([[1.0, 3.0, 2.0, 2.0],
+                             [4.0, 10.0, 6.0, 6.0],
+                             [3.0, 7.0, 4.0, 4.0],
+                             [3.0, 7.0, 4.0, 4.0]])
+    assert torch.equal(_fixed_up("transpose", ONES)(X)[0, 0], expected)
+
+
+def test_upsample_is_a_generator_config_value() -> None:
+    assert GeneratorConfig().upsample == "transpose"  # the default is the reference's
+    kinds = {}
+    for mode in UPSAMPLE_MODES:
+        g = generator_from_config(GeneratorConfig(ngf=4, n_blocks=1, upsample=mode))
+        kinds[mode] = {type(m).__name__ for m in g.modules()}
+        assert g(torch.zeros(1, 1, 16, 16)).shape == (1, 1, 16, 16)
+    assert "ConvTranspose2d" in kinds["transpose"] and "Upsample" not in kinds["transpose"]
+    assert "Upsample" in kinds["nearest"] and "ConvTranspose2d" not in kinds["nearest"]
+    up = [m for m in generator_from_config(GeneratorConfig(ngf=4, upsample="bilinear")).modules() if isinstance(m, nn.Upsample)]
+    assert [m.mode for m in up] == ["bilinear", "bilinear"]
+    with pytest.raises(Exception, match="upsample"):
+        GeneratorConfig(upsample="bicubic")
+
+
+def test_upsample_config_error_names_the_key(tmp_path) -> None:
+    from liverlab.config import config_from_dict
+
+    with pytest.raises(LiverlabError, match="essnet.generator.upsample"):
+        config_from_dict({"data": {"root": str(tmp_path)}}, {"essnet.generator.upsample": "cubic"})

@@ -68,7 +68,7 @@ def scores(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[
 
     from liverlab.data.cache import load_slices
     from liverlab.data.importers import import_nifti
-    from liverlab.train import evaluate as ev
+    from liverlab.infer import evaluate as ev
     from liverlab.train.unet import build_unet, train_unet
 
     src = shared_data / "chaos-mr-t2spir"

@@ -116,6 +116,25 @@ def test_pipeline_sweep_tracks_parent_and_children(tmp_path, phantom_root, ray_s
     assert any(a.path == "panels" for a in client.list_artifacts(essnet.info.run_id))
 
 
+def test_asha_trials_that_reach_max_t_run_their_test_evaluation(tmp_path, phantom_root, ray_session):
+    # max_t is the U-Net's last report; Ray's ASHA stops trials at max_t by default, which cut
+    # every trial off before the test evaluation that follows that report.
+    space = _write_space(
+        tmp_path, phantom_root, "asha", set={"unet.iterations": 12, "unet.val_every": 4},
+        params={"unet.optim.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
+        scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 2},
+        budget={"samples_per_arm": 3, "max_concurrent": 2, "max_failures": 0},
+    )
+    assert run_sweep(SweepOptions(space=str(space), storage=str(tmp_path / "s"), live=False, report=False)) == 0
+    client, _, children = _runs(tmp_path / "s" / "asha")
+    assert len(children) == 3
+    finished = [c for c in children if c.data.tags.get("liverlab.stopped_early") != "true"]
+    assert finished  # the first trial at a rung has nothing to be cut against
+    for child in finished:
+        assert [m.step for m in client.get_metric_history(child.info.run_id, "val/iou")] == [4, 8, 12]
+        assert "test/iou" in child.data.metrics
+
+
 def test_a_failing_trial_is_recorded_failed_and_others_finish(tmp_path, phantom_root, ray_session):
     # data.size 34 is valid config but not divisible by the U-Net's 2**(depth-1): that trial raises.
     space = _write_space(tmp_path, phantom_root, "fail", arms={"data.size": [32, 34]})

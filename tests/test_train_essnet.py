@@ -101,9 +101,24 @@ def test_checkpoint_loads_weights_only_and_resume_continues(phantom_root, tmp_pa
     assert [m["epoch"] for m in resumed.metrics] == [3]
 
 
-def test_every_arm_is_judged_by_the_same_reference_segmenter(phantom_root, tmp_path):
+def test_learning_rate_is_constant_then_decays_linearly_per_epoch(phantom_root, tmp_path):
+    """CycleGAN's schedule: lr for `epochs`, then 1 - k/(decay_epochs + 1) in the k-th decay epoch."""
+    config = tiny_config(phantom_root, **{"essnet.epochs": 1, "essnet.decay_epochs": 2, "essnet.steps_per_epoch": 2,
+                                          "essnet.reference_steps": 0})
+    lrs: list[float] = []
+
+    def report(metrics: dict, checkpoint: str | None = None) -> None:
+        optim = load_checkpoint(checkpoint)["optim"]  # the rate of the epoch's last step, for all three optimisers
+        lrs.append({o["param_groups"][0]["lr"] for o in optim.values()})
+
+    train_essnet(config, report, None, tmp_path)
+    lr = config.essnet.optim.lr
+    assert lrs == [{lr}, {lr * (1 - 1 / 3)}, {lr * (1 - 2 / 3)}]
+
+
+def test_every_arm_is_judged_by_the_same_judge(phantom_root, tmp_path):
     """val/shape_dice comes from a frozen real-MRI U-Net, so CycleGAN and EssNet compare."""
-    from liverlab.train.reference import reference_key
+    from liverlab.train.judge import judge_key
 
     sets = {"essnet.epochs": 1, "essnet.steps_per_epoch": 2, "essnet.reference_steps": 10}
     cyclegan = train_essnet(tiny_config(phantom_root, synthesis="cyclegan", **sets), ReportLog(), None, tmp_path / "c")
@@ -112,23 +127,23 @@ def test_every_arm_is_judged_by_the_same_reference_segmenter(phantom_root, tmp_p
     assert 0.0 <= essnet["val/seg_dice"] <= 1.0 and "val/shape_dice" in essnet
     # The judge's own held-out IoU on real MRI is logged beside every shape_dice, the same in both arms.
     assert 0.0 <= cyclegan["val/judge_iou"] <= 1.0 and cyclegan["val/judge_iou"] == essnet["val/judge_iou"]
-    key = reference_key(tiny_config(phantom_root, **sets))[:24]
-    folder = phantom_root / "mri" / ".cache" / "reference_segmenter" / key
+    key = judge_key(tiny_config(phantom_root, **sets))[:24]
+    folder = phantom_root / "mri" / ".cache" / "reference_segmenter" / key  # its first name, kept on disk
     assert (folder / "judge.pt").is_file() and (folder / "judge.json").is_file()  # trained once, shared
 
 
 def test_judge_is_the_unet_recipe_and_its_cache_follows_the_recipe(phantom_root):
     """The judge trains with train_unet's recipe; another recipe is another judge, the same one a cache hit."""
-    from liverlab.train.reference import judge_config, judge_iterations, reference_key
+    from liverlab.train.judge import judge_config, judge_iterations, judge_key
 
     base = tiny_config(phantom_root, **{"essnet.reference_steps": None, "unet.iterations": 37, "unet.val_every": 50})
     assert judge_iterations(base) == 37
     cfg = judge_config(base.model_copy(update={"seed": 5}))
     assert cfg.seed == 0 and cfg.unet.iterations == 37 and cfg.unet.val_every == 37 and cfg.unet.mixing_ratio == 0
     assert judge_iterations(tiny_config(phantom_root, **{"essnet.reference_steps": 0})) == 0
-    k = reference_key(base)
-    assert reference_key(base.model_copy(update={"seed": 9})) == k  # the trial's seed is not the judge's
-    assert reference_key(tiny_config(phantom_root, **{"essnet.reference_steps": None, "unet.iterations": 38})) != k
+    k = judge_key(base)
+    assert judge_key(base.model_copy(update={"seed": 9})) == k  # the trial's seed is not the judge's
+    assert judge_key(tiny_config(phantom_root, **{"essnet.reference_steps": None, "unet.iterations": 38})) != k
     other_aug = tiny_config(phantom_root, **{"essnet.reference_steps": None, "unet.iterations": 37, "unet.val_every": 50,
                                              "unet.augment.rotate_degrees": 3.0})
-    assert reference_key(other_aug) != k
+    assert judge_key(other_aug) != k

@@ -12,9 +12,9 @@ from conftest import ReportLog, tiny_config
 from liverlab.errors import LiverlabError
 from liverlab.losses import dice_ce_loss
 from liverlab.train import data as tdata
-from liverlab.train.common import NonFiniteLoss, check_finite, load_checkpoint
-from liverlab.train.evaluate import case_metrics, predict_slices
-from liverlab.train.unet import UNetData, build_unet, lr_factor, train_unet
+from liverlab.train.common import NonFiniteLoss, check_finite, load_checkpoint, lr_factor
+from liverlab.infer.evaluate import case_metrics, predict_slices
+from liverlab.train.unet import UNetData, build_unet, train_unet
 
 
 def _steps_taken(workdir) -> int:
@@ -51,6 +51,21 @@ def test_lr_schedules_known_values():
     assert lr_factor("cosine", 50, 100) == pytest.approx(0.5)
     assert lr_factor("cosine", 0, 100) == 1.0
     assert lr_factor("constant", 73, 100) == 1.0
+
+
+def test_linear_schedule_is_cyclegans_epoch_decay_step_by_step():
+    """EssNet's schedule per iteration equals torch's LambdaLR stepped once per epoch with CycleGAN's rule."""
+    epochs, decay, steps = 2, 3, 4
+    expected = [1.0] * 8 + [0.75] * 4 + [0.5] * 4 + [0.25] * 4  # constant 2 epochs, then 1 - k/(3 + 1)
+    got = [lr_factor("linear", it, (epochs + decay) * steps, hold=epochs * steps, every=steps) for it in range(20)]
+    assert got == expected
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=2e-4)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0 - max(0, e + 1 - epochs) / (decay + 1))
+    for it in range(20):
+        assert opt.param_groups[0]["lr"] == 2e-4 * got[it]  # bit-identical, not approximately
+        opt.step()  # no gradient: nothing moves, but torch wants a step before the scheduler's
+        if (it + 1) % steps == 0:
+            sched.step()
 
 
 def test_train_unet_reports_every_val_every_steps_and_writes_the_test_table(phantom_root, tmp_path):
@@ -152,6 +167,12 @@ def test_resume_continues_from_last_iteration(phantom_root, tmp_path):
     train_unet(tiny_config(phantom_root, **{"unet.iterations": 12}), log, None, tmp_path)
     assert [m["iteration"] for m in log.metrics] == [12]
     assert _steps_taken(tmp_path) == 12
+    # A run whose length was not a multiple of val_every, extended: validations stay on multiples of val_every.
+    train_unet(tiny_config(phantom_root, **{"unet.iterations": 10}), ReportLog(), None, tmp_path / "odd")
+    log = ReportLog()
+    train_unet(tiny_config(phantom_root, **{"unet.iterations": 14}), log, None, tmp_path / "odd")
+    assert [m["iteration"] for m in log.metrics] == [12, 14]
+    assert _steps_taken(tmp_path / "odd") == 14
 
 
 def test_old_epoch_keys_are_clear_errors(phantom_root):
@@ -212,12 +233,17 @@ def test_fold_is_a_sweep_arm_factor_and_max_t_counts_reports(phantom_root, tmp_p
 
 
 def test_round_summary_shows_the_training_loss_without_validation_patients(capsys):
-    from liverlab.train.progress import EpochProgress
+    from liverlab.train.progress import IterationProgress
 
-    bar = EpochProgress("unet", 2, 10, enabled=True, unit="iteration")
-    bar.epoch_done(0, {"train/loss": 0.25, "train/lr": 0.001, "time/train_s": 3.0})
-    bar.epoch_done(1, {"train/loss": 0.2, "val/iou": 0.5})
+    bar = IterationProgress("unet", 20, enabled=True)
+    bar.report(10, {"train/loss": 0.25, "train/lr": 0.001, "time/train_s": 3.0})
+    bar.report(20, {"train/loss": 0.2, "val/iou": 0.5})
     bar.close()
     out = capsys.readouterr().out
     assert "unet iteration 10: train/loss=0.2500 train/lr=0.0010" in out
     assert "unet iteration 20: val/iou=0.5000" in out and "train/loss=0.2000" not in out
+    # EssNet validates once per epoch: the same bar names its positions by epoch.
+    bar = IterationProgress("essnet", 12, enabled=True, per_epoch=4)
+    bar.report(8, {"val/ssim": 0.5})
+    bar.close()
+    assert "essnet epoch 2: val/ssim=0.5000" in capsys.readouterr().out

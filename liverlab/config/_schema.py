@@ -24,6 +24,11 @@ class GeneratorConfig(_Strict):
     ngf: int = Field(64, ge=1, le=512)
     n_blocks: int = Field(9, ge=0, le=32)
     n_downsampling: int = Field(2, ge=0, le=5)
+    upsample: Literal["transpose", "nearest", "bilinear"] = Field(
+        "transpose",
+        description="decoder upsampling: transpose = stride-2 transposed conv (CycleGAN's; can print a "
+        "checkerboard), nearest / bilinear = resize-convolution (2x resize, then a 3x3 conv)",
+    )
 
 
 class DiscriminatorConfig(_Strict):
@@ -92,6 +97,11 @@ class EssNetConfig(_Strict):
         "1 = off",
     )
     val_slices: int = Field(32, ge=1, description="slices per validation (phantom SSIM / shape)")
+    seed: int | None = Field(
+        None, ge=0,
+        description="the translator's own seed (weights, data order, jitter, image pool); null = the run's seed. "
+        "Fixed, it lets pipeline trials of different seeds share one cached translator",
+    )
     reference_steps: int | None = Field(
         None, ge=0, le=10_000_000,
         description="the judge of shape preservation (val/shape_dice) is the experiment's U-Net recipe trained "
@@ -171,6 +181,13 @@ class UNetConfig(_Strict):
         return self.keep == "best" or self.early_stopping
 
 
+class CudaConfig(_Strict):
+    """Speed settings applied when a run is on a CUDA GPU (ignored on CPU)."""
+
+    tf32: bool = Field(True, description="TF32 for fp32 matmuls and convolutions (Ampere and newer)")
+    cudnn_benchmark: bool = Field(True, description="cuDNN picks the fastest kernels for the fixed input size")
+
+
 class TrackingConfig(_Strict):
     uri: str | None = Field(None, description="MLflow tracking URI; default sqlite in the run folder")
     experiment: str | None = None
@@ -187,7 +204,11 @@ class ExperimentConfig(_Strict):
     )
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "fp32", description="auto: bf16 where the device has it natively, else fp16 + GradScaler on GPUs "
+        "with fast fp16, else fp32 (liverlab/train/precision.py)"
+    )
+    cuda: CudaConfig = CudaConfig()
     channels_last: bool = False
     data: DataConfig
     essnet: EssNetConfig = EssNetConfig()

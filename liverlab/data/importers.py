@@ -136,6 +136,29 @@ def import_domain(spec: Mapping[str, Any]) -> str:
     return "ct" if spec["modality"] == "ct" else "mri"
 
 
+def _check_not_stale(target: Path, specs: Sequence[Mapping[str, Any]]) -> None:
+    """LiverlabError when a ``nifti`` source now matches cases the imported ``target`` lacks.
+
+    A folder imported when the source held fewer files (the shared CHAOS MR folder grew
+    from 5 to 12 patients) would otherwise be used silently. Sources that match nothing
+    here (data moved, a copied dataset) are not checked: the import is done.
+    """
+    have = {case for case, _, _ in layout.list_cases(target)}
+    for spec in specs:
+        if spec.get("kind") != "nifti":
+            continue
+        images = sorted(Path(p) for p in _glob.glob(os.path.expanduser(spec["images"])) if Path(p).is_file())
+        if not images:
+            continue
+        expected = {f"{spec['modality']}_{cid}" for cid in case_ids_from_names(images).values()}
+        missing = sorted(expected - have)
+        if missing:
+            raise LiverlabError(
+                f"{target}: imported earlier with {len(have)} case(s), but data.import's images {spec['images']!r} now "
+                f"also match {', '.join(missing)}; delete {target} to import all {len(expected)} again"
+            )
+
+
 def run_import(spec: Mapping[str, Any], out: str | Path, progress: bool = False) -> Path:
     """Run one ``data.import`` entry (``kind`` nifti or chaos) into ``out``."""
     kind = spec["kind"]
@@ -161,6 +184,7 @@ def ensure_imported(target: str | Path, specs: Sequence[Mapping[str, Any]], log:
 
     target = Path(target)
     if (target / layout.DATASET_JSON).is_file():
+        _check_not_stale(target, specs)
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target.parent / f"{target.name}.lock")):

@@ -108,6 +108,7 @@ def generator_from_config(cfg: GeneratorConfig, in_channels: int = 1, out_channe
         ngf=cfg.ngf,
         n_blocks=cfg.n_blocks,
         n_downsampling=cfg.n_downsampling,
+        upsample=cfg.upsample,
     )
 
 

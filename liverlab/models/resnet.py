@@ -9,6 +9,15 @@ Cycle-Consistent Adversarial Networks" (ICCV 2017), ``resnet_9blocks``::
     n_downsampling x [ConvTranspose3x3 stride 2 (channels /2) -> IN -> ReLU]
     ReflectionPad(3) -> Conv7x7(ngf, out) -> tanh   (no tanh for the segmenter)
 
+``upsample`` chooses the decoder's 2x upsampling: ``"transpose"`` (the
+reference, above) or a resize-convolution, ``"nearest"`` / ``"bilinear"``:
+Upsample(x2) -> ReflectionPad(1) -> Conv3x3 (channels /2). A stride-2
+transposed convolution with a 3x3 kernel overlaps unevenly (alternate output
+pixels receive 4, 2 or 1 kernel taps), which prints a checkerboard into the
+image until training evens it out; resizing first, then convolving at the new
+resolution, gives every output pixel the same number of taps (Odena et al.,
+"Deconvolution and Checkerboard Artifacts", Distill 2016).
+
 Two deliberate differences from the reference code, both without effect on
 what the network can represent:
 
@@ -26,7 +35,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["ResnetBlock", "ResnetGenerator", "resnet_segmenter", "init_normal_"]
+__all__ = ["UPSAMPLE_MODES", "ResnetBlock", "ResnetGenerator", "init_normal_", "resnet_segmenter", "up_block"]
+
+#: The decoder's upsampling: the reference transposed convolution, or a resize-convolution.
+UPSAMPLE_MODES = ("transpose", "nearest", "bilinear")
 
 
 def init_normal_(module: nn.Module, gain: float = 0.02) -> None:
@@ -75,6 +87,19 @@ class ResnetBlock(nn.Module):
         return x + self.body(x)
 
 
+def up_block(channels: int, out_channels: int, upsample: str = "transpose") -> list[nn.Module]:
+    """One 2x upsampling of the decoder, without its norm and activation (see the module docstring)."""
+    if upsample == "transpose":
+        # output_padding=1 makes the transposed conv exactly invert the stride-2 conv's size.
+        return [nn.ConvTranspose2d(channels, out_channels, kernel_size=3, stride=2, padding=1, output_padding=1, bias=False)]
+    if upsample not in UPSAMPLE_MODES:
+        raise ValueError(f"upsample must be one of {', '.join(UPSAMPLE_MODES)}, got {upsample!r}")
+    # align_corners=False: the pixel-centre convention (F.interpolate's default for bilinear).
+    corners = {"align_corners": False} if upsample == "bilinear" else {}
+    resize = nn.Upsample(scale_factor=2, mode=upsample, **corners)
+    return [resize, nn.ReflectionPad2d(1), nn.Conv2d(channels, out_channels, kernel_size=3, bias=False)]
+
+
 class ResnetGenerator(nn.Module):
     """CycleGAN ResNet generator (``G_mri``, ``G_ct``); output has the input's H x W.
 
@@ -88,6 +113,8 @@ class ResnetGenerator(nn.Module):
         output_activation: ``"tanh"`` for images in [-1, 1], ``None`` for logits.
         dropout: dropout inside residual blocks (CycleGAN's ``--no_dropout`` is 0).
         init_gain: std of the N(0, gain) weight init; ``None`` keeps PyTorch's default init.
+        upsample: the decoder's upsampling, ``"transpose"`` (reference), ``"nearest"`` or
+            ``"bilinear"`` (resize-convolution).
     """
 
     def __init__(
@@ -100,6 +127,7 @@ class ResnetGenerator(nn.Module):
         output_activation: str | None = "tanh",
         dropout: float = 0.0,
         init_gain: float | None = 0.02,
+        upsample: str = "transpose",
     ) -> None:
         super().__init__()
         _check_positive_int("in_channels", in_channels)
@@ -115,6 +143,8 @@ class ResnetGenerator(nn.Module):
             raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         if init_gain is not None and not init_gain > 0:
             raise ValueError(f"init_gain must be > 0 or None, got {init_gain!r}")
+        if upsample not in UPSAMPLE_MODES:
+            raise ValueError(f"upsample must be one of {', '.join(UPSAMPLE_MODES)}, got {upsample!r}")
 
         self.in_channels = in_channels
         self.out_channels = out_channels
@@ -138,8 +168,7 @@ class ResnetGenerator(nn.Module):
         for i in range(n_downsampling):
             c = ngf * 2 ** (n_downsampling - i)
             layers += [
-                # output_padding=1 makes the transposed conv exactly invert the stride-2 conv's size.
-                nn.ConvTranspose2d(c, c // 2, kernel_size=3, stride=2, padding=1, output_padding=1, bias=False),
+                *up_block(c, c // 2, upsample),
                 nn.InstanceNorm2d(c // 2),
                 nn.ReLU(inplace=True),
             ]
@@ -175,6 +204,7 @@ def resnet_segmenter(
     n_downsampling: int = 2,
     dropout: float = 0.0,
     init_gain: float | None = 0.02,
+    upsample: str = "transpose",
 ) -> ResnetGenerator:
     """EssNet's segmenter S: the generator body with ``out_channels`` logits and no tanh.
 
@@ -190,4 +220,5 @@ def resnet_segmenter(
         output_activation=None,
         dropout=dropout,
         init_gain=init_gain,
+        upsample=upsample,
     )

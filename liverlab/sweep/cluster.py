@@ -8,6 +8,7 @@ from typing import Any
 import ray
 
 from liverlab.errors import LiverlabError
+from liverlab.verbosity import ray_logging_level
 
 
 def connect(address: str | None, num_cpus: int | None = None) -> None:
@@ -17,7 +18,7 @@ def connect(address: str | None, num_cpus: int | None = None) -> None:
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         try:
-            ray.init(address=address, log_to_driver=False)
+            ray.init(address=address, log_to_driver=False, logging_level=ray_logging_level())
         except ConnectionError as err:  # Ray's message does not say that a missing token is the usual cause
             mode = os.environ.get("RAY_AUTH_MODE", "unset")
             raise LiverlabError(
@@ -27,7 +28,8 @@ def connect(address: str | None, num_cpus: int | None = None) -> None:
                 "see docs/cluster.md"
             ) from None
     else:  # never a bare ray.init(): it may attach to a cluster started elsewhere
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                 logging_level=ray_logging_level())  # no "Started a local Ray instance" unless --verbose
 
 
 def is_head(node: dict[str, Any]) -> bool:

@@ -244,7 +244,7 @@ def _judge_versions(name: str, mine: dict[str, Any], ref: dict[str, Any], gpus: 
     if bad:
         return Check("versions", name, FAIL, text + "; the driver has " + ", ".join(f"{k} {ref[k]}" for k in bad))
     if gpus > 0 and mine["cuda_devices"] == 0:
-        return Check("versions", name, WARN, text + f"; Ray offers {gpus:g} GPU but torch sees none (CPU build?)")
+        return Check("versions", name, WARN, text + f"; Ray offers {gpus:g} GPU but torch sees none: GPU trials fail")
     if mine["code"] != ref["code"]:
         return Check("versions", name, WARN, text + f"; liverlab sources differ from the driver's ({ref['code']})")
     return Check("versions", name, OK, text + " (same as the driver)")

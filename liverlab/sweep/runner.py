@@ -35,6 +35,7 @@ from liverlab.sweep.space import LoadedSpace, arm_id, load_space
 from liverlab.sweep.trainable import META, run_trial
 from liverlab.tracking.client import resolve_tracking_uri
 from liverlab.tracking.writer import finish_sweep_run, git_tags, open_sweep_run, retire_orphans
+from liverlab.verbosity import ray_logging_level
 
 SWEEP_FILE = "liverlab_sweep.json"
 
@@ -161,6 +162,7 @@ def run_sweep(opts: SweepOptions) -> int:
     dataset_dirs(first)  # phantoms are generated here once, not raced by the first trials
     meta = {
         "base": loaded.base_raw,
+        "base_dir": str(loaded.base_dir),  # relative data paths mean the driver's directory (issue 16)
         "overrides": loaded.overrides(),
         "space_file": str(loaded.path),
         "tracking_uri": uri,
@@ -191,9 +193,12 @@ def run_sweep(opts: SweepOptions) -> int:
         single = len(s.objectives) == 1
         objective = s.objectives[0]
         if s.scheduler.type == "asha":
+            # stop_last_trials=False: Ray's default stops every trial at max_t, i.e. at the U-Net's last
+            # report, before its test evaluation and best.pt; the trial ends by itself after it.
             scheduler: Any = ASHAScheduler(
                 time_attr="training_iteration", max_t=loaded.max_t(first),
                 grace_period=s.scheduler.grace_period, reduction_factor=s.scheduler.reduction_factor,
+                stop_last_trials=False,
             )
         else:
             scheduler = FIFOScheduler()
@@ -227,7 +232,9 @@ def run_sweep(opts: SweepOptions) -> int:
               f"their arms and seeds ran again) tagged liverlab.orphaned and deleted: {', '.join(orphans)}")
     finish_sweep_run(uri, parent_run_id, "FAILED" if n_errors == len(results) else "FINISHED")
     print(summarize(loaded, results, elapsed))
-    print(f"results: {sweep_loc}\nMLflow: mlflow ui --backend-store-uri {uri}   (experiment {s.name!r})")
+    from liverlab.tracking.ui import ui_hint
+
+    print(f"results: {sweep_loc}\n{ui_hint(uri, experiment_id)}   (experiment {s.name!r})")
     if opts.report and n_errors < len(results):
         _report(uri, parent_run_id, local_dir, s.baseline)
     return 1 if len(results) and n_errors == len(results) else 0

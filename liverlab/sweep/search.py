@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import pickle
+from collections.abc import Callable
 from typing import Any
 
 from ray.tune.search import Searcher
@@ -21,7 +22,8 @@ from liverlab.sweep.space import LoadedSpace, arm_id, define_by_run
 
 
 class ArmSearcher(Searcher):
-    def __init__(self, loaded: LoadedSpace) -> None:
+    def __init__(self, loaded: LoadedSpace, sampler: Callable[[int], Any] | None = None) -> None:
+        """``sampler(i)``: the Optuna sampler of the i-th arm (default: TPE seeded ``sampler_seed + i``)."""
         objectives = loaded.space.objectives
         metric: Any = [o.metric for o in objectives] if len(objectives) > 1 else objectives[0].metric
         mode: Any = [o.mode for o in objectives] if len(objectives) > 1 else objectives[0].mode
@@ -37,9 +39,9 @@ class ArmSearcher(Searcher):
             if not params:
                 self._studies[arm_id(arm)] = None  # nothing to sample in this arm
                 continue
-            sampler = optuna.samplers.TPESampler(seed=loaded.space.sampler_seed + i)
             self._studies[arm_id(arm)] = OptunaSearch(
-                space=functools.partial(define_by_run, params=params), metric=metric, mode=mode, sampler=sampler
+                space=functools.partial(define_by_run, params=params), metric=metric, mode=mode,
+                sampler=sampler(i) if sampler else optuna.samplers.TPESampler(seed=loaded.space.sampler_seed + i),
             )
 
     @property

@@ -96,6 +96,12 @@ class SearchSpace(_Strict):
     resources: Resources = Resources()
     sampler_seed: int = 0
     baseline: str | None = Field(None, description="arm the report compares against (default: synthesis=none)")
+    profiles: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="named variants of this space, chosen with `--set profile=NAME`: a profile's `set` entries "
+        "update the space's, its other keys (arms, seeds, stage, budget, ...) replace them; the sweep is named "
+        "<name>-<profile>",
+    )
 
     @property
     def objectives(self) -> list[Objective]:
@@ -168,19 +174,59 @@ def _extreme_params(params: dict[str, ParamSpec], end: str) -> dict[str, Any]:
     return out
 
 
+PROFILE = "profile"  # `--set profile=NAME` picks one of the space's `profiles` (not a config key)
+
+
+def apply_profile(raw: dict[str, Any], name: Any, path: Path) -> dict[str, Any]:
+    """``raw`` with profile ``name`` applied: ``set`` updated, other keys replaced, the name suffixed."""
+    profiles = raw.get("profiles") or {}
+    if not isinstance(profiles, dict) or name not in profiles:
+        have = ", ".join(map(str, profiles)) if isinstance(profiles, dict) and profiles else "none"
+        raise LiverlabError(f"{path}: --set profile={name}: no such profile in profiles (defined: {have})")
+    chosen = profiles[name]
+    if not isinstance(chosen, dict):
+        raise LiverlabError(f"{path}: profiles.{name}: must be a mapping of search-space keys")
+    out = dict(raw)
+    for key, value in chosen.items():
+        if key == "profiles" or key not in SearchSpace.model_fields:
+            raise LiverlabError(f"{path}: profiles.{name}.{key}: not a search-space key")
+        if key == "set" and isinstance(value, dict):
+            out[key] = {**(raw.get(key) or {}), **value}
+        else:
+            out[key] = value
+    if "name" not in chosen:
+        out["name"] = f"{raw.get('name', 'sweep')}-{name}"
+    return out
+
+
 def load_space(path: str | Path, extra_set: list[str] | None = None) -> LoadedSpace:
-    """Read and validate a search-space YAML; every arm x sampled range must give a valid config."""
+    """Read and validate a search-space YAML; every arm x sampled range must give a valid config.
+
+    ``extra_set`` items are ``--set KEY=VALUE`` overrides of the base experiment, applied last;
+    ``profile=NAME`` instead applies the space's profile NAME first (see ``apply_profile``).
+    """
     path = Path(path)
     raw = read_yaml(path)
-    for item in extra_set or []:
-        key, value = parse_override(item)
-        raw.setdefault("set", {})[key] = value
+    items = [parse_override(item) for item in extra_set or []]
+    for key, value in items:
+        if key == PROFILE:
+            raw = apply_profile(raw, value, path)
+    for key, value in items:
+        if key != PROFILE:
+            raw["set"] = {**(raw.get("set") or {}), key: value}
     try:
         space = SearchSpace.model_validate(raw)
     except ValidationError as err:
         raise LiverlabError(format_validation_error(str(path), err)) from None
 
     known = config_paths()
+    for name, profile in space.profiles.items():  # an unused profile's typos surface now, not when it is picked
+        for key, value in profile.items():
+            if key == "profiles" or key not in SearchSpace.model_fields:
+                raise LiverlabError(f"{path}: profiles.{name}.{key}: not a search-space key")
+            for sub in value if key in ("set", "arms") and isinstance(value, dict) else ():
+                if sub not in known:
+                    raise LiverlabError(f"{path}: profiles.{name}.{key}.{sub}: unknown config key")
     for section, keys in (("set", space.set), ("arms", space.arms), ("params", space.params)):
         for key in keys:
             if key not in known:

@@ -4,31 +4,43 @@ The training functions never see Ray: this adapter binds their ``report``
 callback to ``ray.tune.report`` (with ``tune.Checkpoint``), restores the last
 checkpoint into the trial's node-local work folder (``storage.trial_scratch``,
 removed when the attempt ends) before a retry or a resume, picks the
-device from the GPUs Ray assigned (``CUDA_VISIBLE_DEVICES`` is not blanked for
-CPU trials), and opens the trial's MLflow child run, which a resumed or
-retried trial continues instead of duplicating.
+device from the GPUs Ray assigned (``liverlab.sweep.devices``: a trial given a
+GPU, or a fraction of one, runs on CUDA or stops with an error), and opens
+the trial's MLflow child run, which a resumed or retried trial continues
+instead of duplicating.
 """
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import ray
 from ray import tune
 
 from liverlab import __version__
-from liverlab.config import config_from_dict
+from liverlab.config import ExperimentConfig, config_from_dict
 from liverlab.storage import remove_scratch, trial_scratch
+from liverlab.sweep.devices import trial_device
+from liverlab.train.stages import run_stage
 
 META = "_liverlab"  # the sweep's constants inside Tune's param_space
 
 
-def trial_overrides(config: dict[str, Any], gpu: bool) -> dict[str, Any]:
+def trial_overrides(config: dict[str, Any], device: str) -> dict[str, Any]:
     meta = config[META]
     overrides = {**meta["overrides"], **config["arm"], "seed": config["seed"], **config.get("params", {})}
     # The device follows what Ray assigned, whatever the base config says.
-    overrides["device"] = "cuda" if gpu else "cpu"
+    overrides["device"] = device
     return overrides
+
+
+def trial_config(config: dict[str, Any], device: str) -> ExperimentConfig:
+    """The trial's ``ExperimentConfig``: relative data paths resolve against the driver's directory
+    (``meta["base_dir"]``), not the trial's own Ray working directory."""
+    meta = config[META]
+    return config_from_dict(meta["base"], trial_overrides(config, device), source=meta["space_file"],
+                            base_dir=meta.get("base_dir"))
 
 
 def run_trial(config: dict[str, Any]) -> None:
@@ -40,9 +52,10 @@ def run_trial(config: dict[str, Any]) -> None:
     meta = config[META]
     ctx = tune.get_context()
     trial_id = ctx.get_trial_id()
-    gpu_ids = ray.get_gpu_ids()
+    node_id = ray.get_runtime_context().get_node_id()
+    device = trial_device(ray.get_gpu_ids(), node=f"{socket.gethostname()} ({node_id[:8]})")
     torch.set_num_threads(max(1, int(meta["cpus_per_trial"])))
-    cfg = config_from_dict(meta["base"], trial_overrides(config, bool(gpu_ids)), source=meta["space_file"])
+    cfg = trial_config(config, device.device)
 
     tags = {
         **meta["tags"],
@@ -50,9 +63,9 @@ def run_trial(config: dict[str, Any]) -> None:
         "liverlab.seed": str(config["seed"]),
         "liverlab.stage": cfg.stage,
         "liverlab.trial_id": trial_id,
-        "liverlab.node_id": ray.get_runtime_context().get_node_id(),
+        "liverlab.node_id": node_id,
         "liverlab.version": __version__,
-        "liverlab.device": cfg.device,
+        **device.tags(),  # liverlab.device, .gpu_ids, .cuda_visible_devices (what the trial resolved)
     }
     run_name = f"{config['arm_id']} seed={config['seed']} {trial_id}"
     tracker = open_trial_run(meta["tracking_uri"], meta["experiment_id"], meta["parent_run_id"], trial_id, tags, run_name=run_name)
@@ -77,18 +90,7 @@ def run_trial(config: dict[str, Any]) -> None:
         tune.report(dict(metrics), checkpoint=ckpt)
 
     try:
-        if cfg.stage == "essnet":
-            from liverlab.train.essnet import train_essnet
-
-            train_essnet(cfg, report, tracker, workdir)
-        elif cfg.stage == "unet":
-            from liverlab.train.unet import train_unet
-
-            train_unet(cfg, report, tracker, workdir)
-        else:
-            from liverlab.train.pipeline import run_pipeline
-
-            run_pipeline(cfg, report, tracker, workdir, cache_root=meta["cache_root"])
+        run_stage(cfg, report, tracker, workdir, cache_root=meta["cache_root"])
     except SystemExit as exc:  # Tune stops a trial (ASHA) by raising SystemExit(0) in report()
         if exc.code in (0, None):
             tracker.set_tags({"liverlab.stopped_early": "true"})

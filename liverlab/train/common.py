@@ -1,8 +1,13 @@
-"""What both training loops share: devices, seeding, checkpoints, LR schedule.
+"""What both training loops share: the start of a run, devices, seeding, the LR schedule, checkpoints.
 
 A training function never sees Ray. It receives a ``report(metrics,
 checkpoint=None)`` callback (tests pass a list's ``append``-like function, the
 sweep passes a wrapper around ``ray.tune.report``) and a ``Tracker``.
+
+Both loops have one shape: ``start_run`` (tracker, work folder, seed, device,
+the checkpoint to resume from), one iteration counter ``it`` (optimiser steps
+done), the learning rate of step ``it`` from ``lr_factor``, and every
+``val_every`` steps a validation, a checkpoint and a report.
 """
 
 from __future__ import annotations
@@ -10,13 +15,15 @@ from __future__ import annotations
 import contextlib
 import math
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
+from liverlab.config import ExperimentConfig, dump_config
 from liverlab.data.atomic import write_with
 from liverlab.errors import LiverlabError
 
@@ -57,21 +64,85 @@ def seed_everything(seed: int) -> None:
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
-    """bf16 autocast where asked (about 2x on CPUs with AMX and on GPUs), else a no-op."""
-    if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    """bf16 / fp16 autocast where asked (``auto`` resolved for ``device``), else a no-op.
+
+    Inference paths (validation, synthesis, evaluation) use this directly; the
+    training loops use ``liverlab.train.precision.prepare`` (autocast + GradScaler).
+    """
+    from liverlab.train.precision import autocast as _autocast
+
+    return _autocast(device, precision)
 
 
-def linear_decay(epochs: int, decay_epochs: int) -> Callable[[int], float]:
-    """CycleGAN's schedule: constant for ``epochs``, then linear to 0 over ``decay_epochs``."""
+def lr_factor(schedule: str, it: int, iterations: int, hold: int = 0, every: int = 1) -> float:
+    """Learning-rate multiplier for step ``it`` (0-based) of ``iterations``; both stages use it.
 
-    def factor(epoch: int) -> float:
-        if epoch < epochs or decay_epochs == 0:
-            return 1.0
-        return max(0.0, 1.0 - (epoch - epochs + 1) / (decay_epochs + 1))
+    The rate stays at 1 for the first ``hold`` steps, then decays over the
+    remaining ones, changing once every ``every`` steps: in the ``k``-th of
+    ``n`` decay periods (``k = (it - hold) // every``),
 
-    return factor
+    * ``poly``: ``(1 - k/n) ** 0.9`` (nnU-Net; the U-Net's default, every step);
+    * ``cosine``: ``0.5 (1 + cos(pi k/n))``;
+    * ``linear``: ``1 - (k + 1) / (n + 1)``, CycleGAN's decay (EssNet: ``hold``
+      = ``essnet.epochs`` epochs, then one change per epoch over ``decay_epochs``);
+    * ``constant``: 1.
+    """
+    k, n = (it - hold) // every, (iterations - hold) // every
+    if schedule == "constant" or k < 0:
+        return 1.0
+    if schedule == "linear":  # the last period runs at 1/(n+1), never at 0
+        return max(0.0, 1.0 - (k + 1) / (n + 1))
+    t = min(max(k / max(n, 1), 0.0), 1.0)
+    if schedule == "poly":
+        return (1.0 - t) ** 0.9
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * t))
+    raise ValueError(f"unknown learning-rate schedule {schedule!r}")
+
+
+def set_lr(optimizers: Iterable[torch.optim.Optimizer], lr: float) -> None:
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = lr
+
+
+# ----------------------------------------------------------------------------- the start of a run
+
+
+@dataclass
+class Run:
+    """What a training loop starts from (``start_run``)."""
+
+    tracker: Any
+    workdir: Path
+    device: torch.device
+    resume: dict[str, Any] | None  #: this stage's checkpoint left in ``workdir`` by a previous attempt, else None
+
+
+def start_run(config: ExperimentConfig, tracker: Any, workdir: str | Path, kind: str) -> Run:
+    """The setup both stages share: tracker, work folder, seed, device, and the checkpoint to resume from.
+
+    ``kind`` is the stage's checkpoint kind (``unet``, ``essnet``): a checkpoint
+    of another kind in ``workdir`` is not resumed. A fresh run logs the
+    resolved config (params and ``config.yaml``); a resumed one logged it
+    already. The caller restores the weights, optimiser state and random
+    state from ``resume`` after building its networks (building draws
+    initial weights from the seeded stream, which the restore then replaces).
+    """
+    from liverlab.tracking.writer import NullTracker
+
+    tracker = tracker or NullTracker()
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    seed_everything(config.seed)
+    device = select_device(config.device)
+    resume = find_resume(workdir)
+    if resume is not None and resume.get("kind") != kind:
+        resume = None
+    if resume is None:
+        tracker.log_params(config.model_dump(mode="json"))
+        tracker.log_text(dump_config(config), "config.yaml")
+    return Run(tracker, workdir, device, resume)
 
 
 # ----------------------------------------------------------------------------- checkpoints

@@ -13,6 +13,7 @@ validation slice is known, so SSIM, PSNR and MAE can be measured exactly.
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -126,8 +127,9 @@ class EssNetData:
             self.ct_train, self.mri_train, seed=config.seed, size=config.data.size, load_scale=config.essnet.load_scale
         )
 
-        # Validation: CT validation patients, every slice, so pairs line up with the MRI.
-        val_cases = split_cases(ct_table, "val") or split_cases(ct_table, "test")
+        # Validation: CT validation patients, every slice, so pairs line up with the MRI. Never the
+        # test patients (on phantoms their CT and MRI are the U-Net's test anatomy): the training CT instead.
+        val_cases = split_cases(ct_table, "val")
         if not val_cases:
             warnings.warn("no CT validation patients: validating EssNet on its training CT", stacklevel=2)
             val_cases = ct_train
@@ -161,9 +163,19 @@ class EssNetData:
         return steps_per_epoch or max(1, len(self.unpaired) // batch_size)
 
     def train_batches(self, epoch: int, steps: int, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
+        """The ``steps`` batches of epoch ``epoch``: slice order and jitter seeded by (seed, epoch)."""
         self.unpaired.set_epoch(epoch)
         loader = tdata.seeded_loader(self.unpaired, batch_size, steps * batch_size, self.config.seed * 1000 + epoch)
         yield from loader
+
+    def batches(self, first_epoch: int, steps: int, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
+        """Training batches from epoch ``first_epoch`` on, ``steps`` per epoch, without end.
+
+        One seeded loader per epoch, so a run resumed at an epoch's first step
+        draws what the uninterrupted run draws there.
+        """
+        for epoch in itertools.count(first_epoch):
+            yield from self.train_batches(epoch, steps, batch_size)
 
     def val_batches(self, batch_size: int = 8) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for i in range(0, len(self.val_ct), batch_size):

@@ -51,7 +51,7 @@ from liverlab.config import ExperimentConfig, dump_config
 from liverlab.data.atomic import sha256_json
 from liverlab.errors import LiverlabError
 
-PROVENANCE = "provenance.json"  # the same completion marker as liverlab.train.synthesize
+PROVENANCE = "provenance.json"  # the same completion marker as liverlab.infer.synthesize
 #: Interior knots of the random monotone warp of quantile levels.
 WARP_KNOTS = 4
 #: Dirichlet concentration of the warp's increments (larger: closer to the identity, i.e. plain matching).
@@ -139,7 +139,7 @@ def synthesize_intensity(
     """
     from liverlab.data.manifest import read_manifest
     from liverlab.data.nifti import load_volume
-    from liverlab.train.synthesize import reuse_or_check, write_synthetic
+    from liverlab.infer.synthesize import reuse_or_check, write_synthetic
 
     ct_dir, mri_dir, out = Path(ct_dir), Path(mri_dir), Path(out)
     key = intensity_key(config, ct_dir, mri_dir, cases, mri_cases)

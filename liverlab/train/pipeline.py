@@ -14,6 +14,7 @@ scheduler (its validation IoU per epoch), so ASHA compares like with like.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from collections.abc import Callable
 from typing import Any
@@ -50,11 +51,18 @@ class _StageTracker:
 
 
 def essnet_key(config: ExperimentConfig) -> str:
-    """What determines a trained translator: data, EssNet settings (after the arm), seed, precision."""
+    """What determines a trained translator: data, EssNet settings (after the arm), its seed, precision.
+
+    Not the U-Net's: ``data.train_patients`` (it limits only the U-Net's labelled real MRI; the
+    translator learns from every training patient's MRI) and, when ``essnet.seed`` is set, the
+    run's seed. Trials that differ only in those share one translator.
+    """
+    from liverlab.train.essnet import translator_config
+
+    config = translator_config(config)
     payload = {
-        # train_patients limits only the U-Net's labelled real MRI, never the translator's data.
         "data": config.data.model_dump(mode="json", exclude={"train_patients"}),
-        "essnet": config.effective_essnet().model_dump(mode="json"),
+        "essnet": config.effective_essnet().model_dump(mode="json", exclude={"seed"}),
         "seed": config.seed,
         "precision": config.precision,
     }
@@ -102,7 +110,10 @@ def cached_essnet(config: ExperimentConfig, cache_root: str | Path, tracker: Any
 
     def compute(folder: Path) -> None:
         # A crashed earlier attempt left a checkpoint in `folder`: train_essnet resumes from it.
+        t0 = time.perf_counter()
         metrics = train_essnet(config, common.no_report, tracker, folder)
+        # The translator's wall time (this attempt; the judge's training too when this trial trained it).
+        metrics["time/essnet_wall_s"] = time.perf_counter() - t0
         write_json_atomic(folder / DONE, {"metrics": metrics})
 
     folder, reused = materialise(cache_root, "essnet", essnet_key(config)[:24], DONE, compute)
@@ -112,7 +123,7 @@ def cached_essnet(config: ExperimentConfig, cache_root: str | Path, tracker: Any
 
 def cached_synthesis(config: ExperimentConfig, checkpoint: Path, cache_root: str | Path) -> tuple[Path, bool]:
     """Synthesise the CT training patients once per (checkpoint, data, settings)."""
-    from liverlab.train.synthesize import PROVENANCE, synthesis_key, synthesize
+    from liverlab.infer.synthesize import PROVENANCE, synthesis_key, synthesize
 
     ct_dir, _ = tdata.dataset_dirs(config)
     cases = tdata.cases_in(ct_dir, config, "train")

@@ -5,18 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 
-class EpochProgress:
-    """``epochs`` rounds of ``steps`` optimiser steps; ``unit`` names a round in the text.
+class IterationProgress:
+    """A bar over ``iterations`` optimiser steps, and one summary line per validation.
 
-    EssNet counts epochs; the U-Net counts iterations and reports every ``val_every``
-    of them, so its rounds are printed as "iteration N" (the last step of the round).
+    Positions are counted in steps done (``it``). The U-Net prints them as
+    "iteration N"; EssNet, which validates once per epoch of ``per_epoch``
+    steps, as "epoch N".
     """
 
-    def __init__(self, stage: str, epochs: int, steps: int, enabled: bool = True, unit: str = "epoch") -> None:
+    def __init__(self, stage: str, iterations: int, enabled: bool = True, per_epoch: int | None = None) -> None:
         self.enabled = enabled
-        self.unit = unit
-        self.steps = steps
         self.stage = stage
+        self.per_epoch = per_epoch
         if not enabled:
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -30,27 +30,27 @@ class EpochProgress:
             TextColumn("{task.fields[info]}"),
         )
         self.progress.start()
-        self.task = self.progress.add_task(stage, total=epochs * steps, info="")
+        self.task = self.progress.add_task(stage, total=iterations, info="")
 
-    def step(self, epoch: int, step: int, loss: float) -> None:
+    def step(self, it: int, loss: float) -> None:
+        """After step ``it`` (1-based: steps done so far)."""
         if self.enabled:
-            self.progress.update(
-                self.task, completed=epoch * self.steps + step, info=f"{self._where(epoch, step)} loss {loss:.4f}"
-            )
+            self.progress.update(self.task, completed=it, info=f"{self._where(it)} loss {loss:.4f}")
 
-    def epoch_done(self, epoch: int, metrics: dict[str, Any]) -> None:
+    def report(self, it: int, metrics: dict[str, Any]) -> None:
+        """The summary line of the validation after step ``it``."""
         if self.enabled:
             # Validation metrics when there are any; otherwise (no validation patients) the training loss.
             shown = {k: v for k, v in metrics.items() if k.startswith("val/")}
             if not shown:
                 shown = {k: v for k, v in metrics.items() if k in ("train/loss", "train/lr")}
             text = " ".join(f"{k}={v:.4f}" for k, v in shown.items())
-            self.progress.console.print(f"{self.stage} {self._where(epoch, self.steps)}: {text}")
+            self.progress.console.print(f"{self.stage} {self._where(it)}: {text}")
 
-    def _where(self, epoch: int, step: int) -> str:
-        if self.unit == "iteration":
-            return f"iteration {epoch * self.steps + step}"
-        return f"{self.unit} {epoch + 1}"
+    def _where(self, it: int) -> str:
+        if self.per_epoch:
+            return f"epoch {-(-it // self.per_epoch)}"
+        return f"iteration {it}"
 
     def close(self) -> None:
         if self.enabled:

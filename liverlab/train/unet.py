@@ -15,38 +15,25 @@ Dice, RAVD %, ASSD mm, MSSD mm) to ``per_patient.parquet``.
 from __future__ import annotations
 
 import copy
-import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from liverlab.config import ExperimentConfig, UNetConfig, dump_config
+from liverlab.config import ExperimentConfig, UNetConfig
 from liverlab.errors import LiverlabError
+from liverlab.infer import evaluate as ev
 from liverlab.losses import dice_ce_loss
 from liverlab.models import unet_from_config
-from liverlab.train import common
+from liverlab.train import common, precision
 from liverlab.train import data as tdata
-from liverlab.train import evaluate as ev
 from liverlab.train.common import Report
 
 
 def build_unet(config: ExperimentConfig) -> torch.nn.Module:
     return unet_from_config(config.unet.model)
-
-
-def lr_factor(schedule: str, iteration: int, iterations: int) -> float:
-    """Learning-rate multiplier for step ``iteration`` (0-based) of ``iterations``.
-
-    poly: ``(1 - it/iterations) ** 0.9`` (nnU-Net); cosine: ``0.5 (1 + cos(pi it/iterations))``.
-    """
-    t = min(max(iteration / iterations, 0.0), 1.0)
-    if schedule == "poly":
-        return (1.0 - t) ** 0.9
-    if schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * t))
-    return 1.0
 
 
 def make_optimizer(model: torch.nn.Module, u: UNetConfig) -> torch.optim.Optimizer:
@@ -118,6 +105,23 @@ class UNetData:
         sampler = MixingSampler(self.n_real, self.n_synth, self.ratio, num_samples=n, seed=self.seed * 1000 + round_)
         return torch.utils.data.DataLoader(self.dataset, batch_size=self.batch_size, sampler=sampler, num_workers=0)
 
+    def batches(self, start: int, iterations: int, val_every: int) -> Iterator[dict[str, torch.Tensor]]:
+        """The batches of steps ``start`` .. ``iterations - 1``: one seeded loader per validation round.
+
+        Why a loader per round rather than one sampler for the whole run: round
+        ``r`` (steps ``r * val_every`` onwards) draws from a sampler seeded by
+        ``(seed, r)``, so a run resumed at a round's first step draws the slices
+        the uninterrupted run draws there, without replaying the rounds before
+        it; and every run recorded so far drew its slices this way. The
+        augmentation's generator is reseeded by ``(seed, r)`` too, so a resumed
+        run also augments them the same way (tests/test_resume_exact.py).
+        """
+        it = start
+        while it < iterations:
+            steps = min(val_every - it % val_every, iterations - it)
+            yield from self.loader(it // val_every, steps)
+            it += steps
+
 
 def _validate(
     model: torch.nn.Module, slices: Any, device: torch.device, precision: str, split: str,
@@ -144,93 +148,89 @@ def train_unet(
     progress: bool = False,
 ) -> dict[str, float]:
     """Train ``unet.iterations`` steps, validate every ``val_every``, test the kept weights."""
-    from liverlab.tracking.writer import NullTracker
-    from liverlab.train.progress import EpochProgress
+    from liverlab.train.progress import IterationProgress
 
-    tracker = tracker or NullTracker()
     u = config.unet
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    common.seed_everything(config.seed)
-    device = common.select_device(config.device)
+    run = common.start_run(config, tracker, workdir, kind="unet")
+    tracker, workdir, device = run.tracker, run.workdir, run.device
+    amp = precision.prepare(config, device)  # resolved precision; TF32 / cudnn.benchmark on CUDA
     data = UNetData(config)
-
     model = build_unet(config).to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = make_optimizer(model, u)
+    scaler = amp.scaler()  # fp16 only; otherwise scale/step/update pass straight through
     start, best_iou, bad_rounds = 0, -1.0, 0
     best_state: dict[str, Any] | None = None
-
-    resume = common.find_resume(workdir)
-    if resume is not None and resume.get("kind") == "unet":
-        model.load_state_dict(resume["model"])
-        opt.load_state_dict(resume["optim"])
-        best_state = resume["best_model"] if u.keep == "best" else None
-        start, best_iou, bad_rounds = int(resume["iteration"]), float(resume["best_iou"]), int(resume["bad_rounds"])
-        common.set_rng_state(resume["rng"])
+    if (resumed := run.resume) is not None:
+        model.load_state_dict(resumed["model"])
+        opt.load_state_dict(resumed["optim"])
+        if resumed.get("scaler"):
+            scaler.load_state_dict(resumed["scaler"])
+        best_state = resumed["best_model"] if u.keep == "best" else None
+        start = int(resumed["iteration"])
+        best_iou, bad_rounds = float(resumed["best_iou"]), int(resumed["bad_rounds"])
+        common.set_rng_state(resumed["rng"])
     else:
-        tracker.log_params(config.model_dump(mode="json"))
-        tracker.log_text(dump_config(config), "config.yaml")
         tracker.log_metrics({"data/n_real": data.n_real, "data/n_synthetic": data.n_synth}, step=0)
+    tracker.log_params(amp.params())
 
-    bar = EpochProgress("unet", u.n_reports, u.val_every, enabled=progress, unit="iteration")
+    bar = IterationProgress("unet", u.iterations, enabled=progress)
+    batches = data.batches(start, u.iterations, u.val_every)
     metrics: dict[str, float] = {}
-    it = start
-    while it < u.iterations:
-        if u.early_stopping and bad_rounds >= u.patience:
-            break
-        round_ = it // u.val_every
-        steps = min(u.val_every, u.iterations - it)
-        model.train()
-        total, t0 = 0.0, time.perf_counter()
-        for i, batch in enumerate(data.loader(round_, steps)):
-            for group in opt.param_groups:
-                group["lr"] = u.optim.lr * lr_factor(u.lr_schedule, it, u.iterations)
-            x = batch["image"].to(device, non_blocking=True)
-            y = batch["mask"].to(device, non_blocking=True)
-            if config.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with common.autocast(device, config.precision):
-                logits = model(x)
-            loss = dice_ce_loss(logits.float(), y, dice_weight=u.dice_weight, ce_weight=u.ce_weight)
-            value = float(loss.detach())
-            common.check_finite({"train/loss": value}, f"unet iteration {it + 1}")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            it += 1
-            total += value
-            bar.step(round_, i + 1, value)
-        train_time = time.perf_counter() - t0
-        metrics = {
-            "train/loss": total / steps,
-            "train/lr": float(opt.param_groups[0]["lr"]),
-            "train/images_per_s": steps * data.batch_size / max(train_time, 1e-9),
-            "time/train_s": train_time,
-            "iteration": it,
-        }
-        if data.val is not None:
-            t1 = time.perf_counter()
-            _, val = _validate(model, data.val, device, config.precision, "val", u.postprocess)
-            metrics["time/val_s"] = time.perf_counter() - t1
-            if val["val/iou"] > best_iou:
-                best_iou, bad_rounds = val["val/iou"], 0
-                if u.keep == "best":
-                    best_state = copy.deepcopy(model.state_dict())
-            else:
-                bad_rounds += 1
-            metrics.update({**val, "val/best_iou": best_iou})
-        tracker.log_metrics(metrics, step=it)
-        state = {
-            "kind": "unet", "iteration": it, "model": model.state_dict(), "optim": opt.state_dict(),
-            "best_model": best_state if best_state is not None else model.state_dict(),
-            "best_iou": best_iou, "bad_rounds": bad_rounds,
-            "config": config.model_dump(mode="json"), "rng": common.rng_state(),
-        }
-        ckpt = common.save_checkpoint(workdir, state)
-        report(dict(metrics), checkpoint=ckpt)
-        bar.epoch_done(round_, metrics)
+    stop = u.early_stopping and bad_rounds >= u.patience  # a resumed run that had stopped early stays stopped
+    it, total, n, t0 = start, 0.0, 0, time.perf_counter()
+    model.train()
+    while it < u.iterations and not stop:
+        common.set_lr([opt], u.optim.lr * common.lr_factor(u.lr_schedule, it, u.iterations))
+        batch = next(batches)
+        x = batch["image"].to(device, non_blocking=True)
+        y = batch["mask"].to(device, non_blocking=True)
+        if config.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with amp.autocast():
+            logits = model(x)
+        loss = dice_ce_loss(logits.float(), y, dice_weight=u.dice_weight, ce_weight=u.ce_weight)
+        value = float(loss.detach())
+        common.check_finite({"train/loss": value}, f"unet iteration {it + 1}")
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)  # skipped (and the scale lowered) when fp16 gradients overflowed
+        scaler.update()
+        it, total, n = it + 1, total + value, n + 1
+        bar.step(it, value)
+
+        if it % u.val_every == 0 or it == u.iterations:  # validate, keep the best, checkpoint, report
+            train_time = time.perf_counter() - t0
+            metrics = {
+                "train/loss": total / n,
+                "train/lr": float(opt.param_groups[0]["lr"]),
+                "train/images_per_s": n * data.batch_size / max(train_time, 1e-9),
+                "time/train_s": train_time,
+                "iteration": it,
+            }
+            if data.val is not None:
+                t1 = time.perf_counter()
+                _, val = _validate(model, data.val, device, amp.precision, "val", u.postprocess)
+                metrics["time/val_s"] = time.perf_counter() - t1
+                if val["val/iou"] > best_iou:
+                    best_iou, bad_rounds = val["val/iou"], 0
+                    if u.keep == "best":
+                        best_state = copy.deepcopy(model.state_dict())
+                else:
+                    bad_rounds += 1
+                metrics.update({**val, "val/best_iou": best_iou})
+            tracker.log_metrics(metrics, step=it)
+            state = {
+                "kind": "unet", "iteration": it, "model": model.state_dict(), "optim": opt.state_dict(),
+                "scaler": scaler.state_dict(), "best_model": best_state if best_state is not None else model.state_dict(),
+                "best_iou": best_iou, "bad_rounds": bad_rounds,
+                "config": config.model_dump(mode="json"), "rng": common.rng_state(),
+            }
+            report(dict(metrics), checkpoint=common.save_checkpoint(workdir, state))
+            bar.report(it, metrics)
+            stop = u.early_stopping and bad_rounds >= u.patience
+            total, n, t0 = 0.0, 0, time.perf_counter()
     bar.close()
 
     # Test the kept weights on patients never used for training or selection.
@@ -246,13 +246,13 @@ def train_unet(
     final = dict(metrics)
     if data.test is not None:
         # Each test case on its own grid and spacing, by the function `liverlab evaluate --checkpoint` uses.
-        rows = ev.native_case_metrics(model, data.test, data.mri_dir, device, config.precision, u.postprocess)
+        rows = ev.native_case_metrics(model, data.test, data.mri_dir, device, amp.precision, u.postprocess)
         test = ev.mean_metrics(rows, "test")
         table = ev.write_table(rows, workdir / "per_patient.parquet")
         tracker.log_metrics(test, step=it)
         tracker.log_artifact(table)
         final.update(test)
-        _panel(model, data.test, device, config.precision, workdir, tracker)
+        _panel(model, data.test, device, amp.precision, workdir, tracker)
     tracker.flush()
     return final
 

@@ -1,4 +1,4 @@
-"""The reference segmenter: one judge of shape preservation for every arm.
+"""The judge: one frozen segmenter that scores shape preservation in every arm.
 
 EssNet's own S is trained on the synthetic images it judges, and the CycleGAN
 arm has no S at all, so neither can compare the arms fairly. The judge is the
@@ -7,7 +7,9 @@ iteration budget, LR schedule, AdamW, augmentation, all slices) trained on the
 **real MRI** training patients only (seed 0, no synthetic data), then frozen:
 ``val/shape_dice`` is its Dice on G_mri(CT) against the carried CT mask, the
 same judge for EssNet and CycleGAN. ``essnet.reference_steps`` overrides its
-iteration budget (null = ``unet.iterations``; 0 = no judge).
+iteration budget (null = ``unet.iterations``; 0 = no judge); the key keeps
+its first name because it is part of every recorded run's params and of the
+translator cache key (``pipeline.essnet_key``).
 
 It is trained once per content key (MRI manifest hash, preprocessing, U-Net
 recipe, iterations) and cached under a file lock, so concurrent trials share
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from pathlib import Path
 
 import torch
@@ -35,6 +38,8 @@ from liverlab.train import data as tdata
 RECIPE = 2  # bump when the judge's training changes what a key means
 JUDGE_JSON = "judge.json"
 WEIGHTS = "judge.pt"
+# The judge's first name, kept on disk (cache folder, weights kind): judges cached before the rename are found.
+DISK_NAME = "reference_segmenter"
 
 
 def judge_iterations(config: ExperimentConfig) -> int:
@@ -47,6 +52,8 @@ def judge_config(config: ExperimentConfig) -> ExperimentConfig:
     """The experiment as a real-only U-Net run of ``judge_iterations`` steps, seed 0.
 
     Always a 2D model (``context_slices`` 0): it judges single synthetic slices, which have no z-neighbours.
+    Always every real training patient (``data.train_patients`` null): the judge is shared by
+    translators that every data-scarcity trial reuses, so it must not depend on the trial's subset.
     """
     u = config.unet
     iterations = max(1, judge_iterations(config))
@@ -54,10 +61,11 @@ def judge_config(config: ExperimentConfig) -> ExperimentConfig:
         "iterations": iterations, "val_every": min(u.val_every, iterations), "mixing_ratio": 0.0, "synthetic": None,
         "model": u.model.model_copy(update={"context_slices": 0}),
     })
-    return config.model_copy(update={"stage": "unet", "synthesis": "none", "seed": 0, "unet": unet})
+    data = config.data.model_copy(update={"train_patients": None})
+    return config.model_copy(update={"stage": "unet", "synthesis": "none", "seed": 0, "unet": unet, "data": data})
 
 
-def reference_key(config: ExperimentConfig) -> str:
+def judge_key(config: ExperimentConfig) -> str:
     """Content key: MRI data (manifest hash), preprocessing and split, U-Net recipe, iterations."""
     from liverlab.data.manifest import ensure_manifest, manifest_hash
 
@@ -77,7 +85,7 @@ def reference_key(config: ExperimentConfig) -> str:
 def _folder(config: ExperimentConfig) -> Path:
     _, mri_dir = tdata.dataset_dirs(config)
     root = Path(config.data.cache_dir) if config.data.cache_dir else mri_dir / ".cache"
-    return root / "reference_segmenter" / reference_key(config)[:24]
+    return root / DISK_NAME / judge_key(config)[:24]
 
 
 def _held_out(metrics: dict[str, float]) -> dict[str, float]:
@@ -106,12 +114,15 @@ def ensure_judge(config: ExperimentConfig) -> Path | None:
         rng = common.rng_state()  # the caller's random stream must not depend on a cache hit
         try:
             cfg = judge_config(config)
+            t0 = time.perf_counter()
             metrics = train_unet(cfg, common.no_report, None, folder / "run")
+            wall_s = time.perf_counter() - t0
             best = common.load_checkpoint(folder / "run" / "best.pt")
-            common.atomic_torch_save({"kind": "reference_segmenter", "model": best["model"]}, folder / WEIGHTS)
+            common.atomic_torch_save({"kind": DISK_NAME, "model": best["model"]}, folder / WEIGHTS)
             write_json_atomic(folder / JUDGE_JSON, {
-                "key": reference_key(config),
+                "key": judge_key(config),
                 "iterations": cfg.unet.iterations,
+                "wall_s": wall_s,
                 "held_out": _held_out(metrics),
                 "metrics": {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
             })
@@ -128,8 +139,8 @@ def judge_scores(config: ExperimentConfig) -> dict[str, float]:
     return dict(json.loads((folder / JUDGE_JSON).read_text()).get("held_out", {}))
 
 
-def reference_segmenter(config: ExperimentConfig, device: torch.device) -> torch.nn.Module | None:
-    """The frozen real-MRI U-Net, trained on first use; None when ``reference_steps`` is 0."""
+def load_judge(config: ExperimentConfig, device: torch.device) -> torch.nn.Module | None:
+    """The judge (a frozen real-MRI U-Net) in eval mode, trained on first use; None when ``reference_steps`` is 0."""
     from liverlab.train.unet import build_unet
 
     folder = ensure_judge(config)

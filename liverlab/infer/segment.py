@@ -17,14 +17,14 @@ import torch
 
 from liverlab.config import config_from_dict
 from liverlab.errors import LiverlabError
+from liverlab.infer.evaluate import native_case_metrics
+from liverlab.models import unet_from_config
 from liverlab.train import common
 from liverlab.train import data as tdata
-from liverlab.train.evaluate import native_case_metrics
 
 
 def load_unet(checkpoint: str | Path, device: torch.device) -> tuple[torch.nn.Module, Any]:
-    from liverlab.train.unet import build_unet
-
+    """The U-Net of a ``best.pt`` or a training checkpoint (its kept weights), in eval mode, and its config."""
     state = common.load_checkpoint(checkpoint, map_location="cpu")
     if state.get("kind") == "unet_weights":
         weights = state["model"]
@@ -33,7 +33,7 @@ def load_unet(checkpoint: str | Path, device: torch.device) -> tuple[torch.nn.Mo
     else:
         raise LiverlabError(f"{checkpoint}: not a U-Net checkpoint (kind={state.get('kind')!r})")
     config = config_from_dict(state["config"], source=f"{checkpoint} (embedded config)")
-    model = build_unet(config)
+    model = unet_from_config(config.unet.model)  # as train.unet.build_unet builds it
     model.load_state_dict(weights)
     model = model.to(device)
     if config.channels_last:  # as in training, so bf16 kernels (and hence test/* and evaluate) match
