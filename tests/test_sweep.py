@@ -184,20 +184,26 @@ def test_runs_of_trials_the_resumed_sweep_lost_are_retired(tmp_path):
 
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     exp, parent = open_sweep_run(uri, "lost", {"liverlab.sweep": "lost", "liverlab.sweep_key": "k1"})
-    kept = open_trial_run(uri, exp, parent, "kept0001", {"liverlab.arm": "a=1"})
-    kept.finish("FINISHED")
-    lost = open_trial_run(uri, exp, parent, "lost0001", {"liverlab.arm": "a=1"})  # left RUNNING by a killed driver
+
+    def trial(tid: str, slot: int):
+        return open_trial_run(uri, exp, parent, tid, {"liverlab.arm": "a=1", "liverlab.slot": str(slot)})
+
+    again = trial("again001", 0)
+    again.finish("FINISHED")
+    lost = trial("lost0001", 0)  # left RUNNING by a killed driver; slot 0 ran again as again001
     lost.log_metrics({"val/iou": 0.5}, step=4)
     lost.flush()
-    assert retire_orphans(uri, parent, set()) == []  # no trial list: nothing is guessed
-    assert retire_orphans(uri, parent, {"kept0001", "other"}) == [lost.run_id]
+    alone = trial("alone001", 1)  # lost too, and slot 1 did not run again: the only trace of that slot
+    assert retire_orphans(uri, parent, set()) == ([], [])  # no trial list: nothing is guessed
+    assert retire_orphans(uri, parent, {"again001", "other"}) == ([lost.run_id], [alone.run_id])
     client = MlflowClient(uri)
     active = client.search_runs([exp], filter_string=f"tags.mlflow.parentRunId = '{parent}'")
-    assert [r.info.run_id for r in active] == [kept.run_id]
-    gone = client.get_run(lost.run_id)
+    assert sorted(r.info.run_id for r in active) == sorted([again.run_id, alone.run_id])
+    gone, kept = client.get_run(lost.run_id), client.get_run(alone.run_id)
     assert gone.info.lifecycle_stage == "deleted" and gone.info.status == "KILLED"
-    assert "liverlab.orphaned" in gone.data.tags
-    assert len(client.search_runs([exp], run_view_type=ViewType.ALL)) == 3  # parent, kept, lost: nothing purged
+    assert "ran again" in gone.data.tags["liverlab.orphaned"]
+    assert kept.info.status == "KILLED" and "did not run again" in kept.data.tags["liverlab.orphaned"]
+    assert len(client.search_runs([exp], run_view_type=ViewType.ALL)) == 4  # nothing purged
 
 
 def test_exit_code_is_non_zero_when_every_trial_failed(tmp_path, phantom_root, ray_session):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -189,7 +190,9 @@ def run_sweep(opts: SweepOptions) -> int:
         tuner = tune.Tuner.restore(tune_dir, trainable, resume_errored=True, param_space={META: meta},
                                    storage_filesystem=ray_fs)
     else:
-        searcher = ArmSearcher(loaded)
+        # The searcher limits concurrency and ends the sweep itself (search.py: after a driver's
+        # kill -9 it re-plans from the trials Tune restored, which Tune's own counters cannot).
+        searcher = ArmSearcher(loaded, max_concurrent=s.budget.max_concurrent)
         single = len(s.objectives) == 1
         objective = s.objectives[0]
         if s.scheduler.type == "asha":
@@ -210,8 +213,7 @@ def run_sweep(opts: SweepOptions) -> int:
                 scheduler=scheduler,
                 metric=objective.metric if single else None,
                 mode=objective.mode if single else None,
-                num_samples=searcher.total,
-                max_concurrent_trials=s.budget.max_concurrent,
+                num_samples=-1,
                 time_budget_s=s.budget.time_limit_s,
                 reuse_actors=True,
             ),
@@ -226,10 +228,13 @@ def run_sweep(opts: SweepOptions) -> int:
         live.close()
     elapsed = time.perf_counter() - t0
     n_errors = results.num_errors
-    orphans = retire_orphans(uri, parent_run_id, _trial_ids(tune_dir, ray_fs))
-    if orphans:
-        print(f"{len(orphans)} run(s) of trials lost with the previous driver (started after its last state save; "
-              f"their arms and seeds ran again) tagged liverlab.orphaned and deleted: {', '.join(orphans)}")
+    deleted, kept = retire_orphans(uri, parent_run_id, _trial_ids(tune_dir, ray_fs))
+    if deleted:
+        print(f"{len(deleted)} run(s) of trials lost with the previous driver (their slots ran again) tagged "
+              f"liverlab.orphaned and deleted: {', '.join(deleted)}")
+    if kept:
+        print(f"liverlab: warning: {len(kept)} run(s) of trials lost with the previous driver whose slots did not "
+              f"run again, tagged liverlab.orphaned: {', '.join(kept)}", file=sys.stderr)
     finish_sweep_run(uri, parent_run_id, "FAILED" if n_errors == len(results) else "FINISHED")
     print(summarize(loaded, results, elapsed))
     from liverlab.tracking.ui import ui_hint

@@ -63,6 +63,7 @@ def run_trial(config: dict[str, Any]) -> None:
         "liverlab.seed": str(config["seed"]),
         "liverlab.stage": cfg.stage,
         "liverlab.trial_id": trial_id,
+        "liverlab.slot": str(config.get("slot", "")),  # (arm, seed, sample) in the sweep's plan
         "liverlab.node_id": node_id,
         "liverlab.version": __version__,
         **device.tags(),  # liverlab.device, .gpu_ids, .cuda_visible_devices (what the trial resolved)
