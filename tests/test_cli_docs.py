@@ -26,7 +26,7 @@ def test_every_command_has_its_prose_and_options() -> None:
         assert prose, f"liverlab {command} has no description"
     # The long explanations that were README rows live on in the commands' description / epilog.
     for phrase in ("the predictions are scored exactly as given", "`unseen` (every patient it did not see)",
-                   "also after `kill -9` of the driver", "all patients are written or none",
+                   "`kill -9` of the driver or a full disk", "all patients are written or none",
                    "An existing dataset id is replaced only with --force", "`n_outliers`",
                    "the seeds needed for the paper's +1.17 IoU points"):
         assert phrase in text, phrase

@@ -176,36 +176,6 @@ def test_sigkill_of_the_driver_resumes_with_one_run_per_trial(tmp_path, phantom_
     assert parent.info.status == "FINISHED"
 
 
-def test_runs_of_trials_the_resumed_sweep_lost_are_retired(tmp_path):
-    """A trial started after Tune's last state save is gone after --resume: its run must not count twice."""
-    from mlflow.entities import ViewType
-
-    from liverlab.tracking.writer import open_sweep_run, open_trial_run, retire_orphans
-
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    exp, parent = open_sweep_run(uri, "lost", {"liverlab.sweep": "lost", "liverlab.sweep_key": "k1"})
-
-    def trial(tid: str, slot: int):
-        return open_trial_run(uri, exp, parent, tid, {"liverlab.arm": "a=1", "liverlab.slot": str(slot)})
-
-    again = trial("again001", 0)
-    again.finish("FINISHED")
-    lost = trial("lost0001", 0)  # left RUNNING by a killed driver; slot 0 ran again as again001
-    lost.log_metrics({"val/iou": 0.5}, step=4)
-    lost.flush()
-    alone = trial("alone001", 1)  # lost too, and slot 1 did not run again: the only trace of that slot
-    assert retire_orphans(uri, parent, set()) == ([], [])  # no trial list: nothing is guessed
-    assert retire_orphans(uri, parent, {"again001", "other"}) == ([lost.run_id], [alone.run_id])
-    client = MlflowClient(uri)
-    active = client.search_runs([exp], filter_string=f"tags.mlflow.parentRunId = '{parent}'")
-    assert sorted(r.info.run_id for r in active) == sorted([again.run_id, alone.run_id])
-    gone, kept = client.get_run(lost.run_id), client.get_run(alone.run_id)
-    assert gone.info.lifecycle_stage == "deleted" and gone.info.status == "KILLED"
-    assert "ran again" in gone.data.tags["liverlab.orphaned"]
-    assert kept.info.status == "KILLED" and "did not run again" in kept.data.tags["liverlab.orphaned"]
-    assert len(client.search_runs([exp], run_view_type=ViewType.ALL)) == 4  # nothing purged
-
-
 def test_exit_code_is_non_zero_when_every_trial_failed(tmp_path, phantom_root, ray_session):
     space = _write_space(tmp_path, phantom_root, "allfail", set={"data.size": 34})
     rc = run_sweep(SweepOptions(space=str(space), storage=str(tmp_path / "s"), live=False, report=False))

@@ -16,8 +16,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "parent run with a child per trial, and the report (`liverlab report`) at the end. Storage is a shared "
         "folder or an object store such as `s3://bucket/sweeps` (see docs/cluster.md).",
         epilog="--dry-run prints arms, seeds, sampled ranges, resources and the trial count. --resume continues "
-        "an interrupted sweep (also after `kill -9` of the driver) without rerunning finished trials or "
-        "duplicating MLflow runs.",
+        "an interrupted sweep (after Ctrl-C, SIGTERM, `kill -9` of the driver or a full disk) without rerunning "
+        "finished trials, with exactly one FINISHED MLflow run per planned trial, re-creating planned trials that "
+        "Tune's state lost. `--set profile=NAME` runs the space's named variant (`profiles`). Before compute the "
+        "disk-space estimate must fit (--force overrides). Ctrl-C / SIGTERM: open runs KILLED, no report, one line "
+        "with the `--resume` command, exit 130 / 143; a full disk: one line naming the path, exit 1 "
+        "(docs/reliability.md).",
     )
     p.add_argument("space", help="search-space YAML (search_spaces/*.yaml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override of the base experiment")
@@ -30,6 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else sqlite in the sweep folder)")
     p.add_argument("--name", help="sweep name (default: the space's name)")
     p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    p.add_argument("--force", action="store_true",
+                   help="start even when the disk-space estimate does not fit (docs/reliability.md)")
     p.set_defaults(func=_sweep)
 
     p = sub.add_parser("doctor", help="check a Ray cluster: nodes, storage and data seen from every node, "
@@ -50,7 +56,7 @@ def _sweep(args: argparse.Namespace) -> int:
     return run_sweep(SweepOptions(
         space=args.space, set=args.set, num_samples=args.num_samples, max_concurrent=args.max_concurrent,
         dry_run=args.dry_run, resume=args.resume, address=args.address, storage=args.storage,
-        tracking_uri=args.tracking_uri, name=args.name, report=not args.no_report,
+        tracking_uri=args.tracking_uri, name=args.name, report=not args.no_report, force=args.force,
     ))
 
 

@@ -92,8 +92,12 @@ class LiveTable(Callback):
             self._live = None
 
 
-def summarize(loaded: LoadedSpace, results: Any, elapsed: float) -> str:
-    """Per-arm n, failures, mean and best objective, as a printed table."""
+def summarize(loaded: LoadedSpace, results: Any, elapsed: float, finished: int | None = None) -> str:
+    """Per-arm n, failures, mean and best objective, as a printed table.
+
+    ``finished``: planned trials with a FINISHED run (the title says "N of M
+    planned trials finished"; a resume may have run only some of them).
+    """
     from io import StringIO
 
     from rich.console import Console
@@ -113,7 +117,9 @@ def summarize(loaded: LoadedSpace, results: Any, elapsed: float) -> str:
             col = df[obj.metric].dropna()
             if len(col):
                 d["values"].append(float(col.max() if obj.mode == "max" else col.min()))
-    t = Table(title=f"sweep {loaded.name}: {len(results)} trials in {elapsed / 60:.1f} min "
+    planned = len(loaded.trials())
+    done = f"{finished} of {planned} planned trials finished; " if finished is not None else ""
+    t = Table(title=f"sweep {loaded.name}: {done}{len(results)} trials in {elapsed / 60:.1f} min "
                     f"(per trial: best {obj.metric} over epochs)")
     for col in ("arm", "n", "failed", f"mean {obj.metric}", f"best {obj.metric}"):
         t.add_column(col, justify="left" if col == "arm" else "right")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +34,7 @@ from liverlab.sweep.search import ArmSearcher
 from liverlab.sweep.space import LoadedSpace, arm_id, load_space
 from liverlab.sweep.trainable import META, run_trial
 from liverlab.tracking.client import resolve_tracking_uri
-from liverlab.tracking.writer import finish_sweep_run, git_tags, open_sweep_run, retire_orphans
+from liverlab.tracking.writer import finish_sweep_run, git_tags, open_sweep_run
 from liverlab.verbosity import ray_logging_level
 
 SWEEP_FILE = "liverlab_sweep.json"
@@ -55,6 +54,7 @@ class SweepOptions:
     name: str | None = None
     report: bool = True
     live: bool = True
+    force: bool = False  # skip the disk-space check (liverlab.diskspace)
 
 
 def _apply_cli(loaded: LoadedSpace, opts: SweepOptions) -> LoadedSpace:
@@ -108,7 +108,14 @@ def _storage_root(opts: SweepOptions) -> str:
 
 
 def run_sweep(opts: SweepOptions) -> int:
-    """Run (or resume) a sweep; exit code 0, or 1 when every trial failed."""
+    """Run (or resume) a sweep; exit code 0, or 1 when every trial failed or the disk is full; 130 / 143
+    after SIGINT / SIGTERM (``liverlab.sweep.interrupt``)."""
+    from liverlab.sweep.interrupt import run_guarded
+
+    return run_guarded(opts, _run_sweep)
+
+
+def _run_sweep(opts: SweepOptions, session: Any) -> int:
     loaded = _apply_cli(load_space(opts.space, opts.set), opts)
     if opts.dry_run:
         print(dry_run_text(loaded))
@@ -131,13 +138,21 @@ def run_sweep(opts: SweepOptions) -> int:
     can_restore = tune.Tuner.can_restore(tune_dir, storage_filesystem=ray_fs)
     if can_restore and not opts.resume:
         raise LiverlabError(f"sweep {s.name!r} already exists at {sweep_loc}: add --resume to continue it, or --name NEW")
-    if opts.resume and not can_restore:
+    # A resume needs Tune's state or, when that was lost (liverlab.sweep.plan), the sweep's own file.
+    if opts.resume and not (can_restore or (local_dir / SWEEP_FILE).is_file()):
         raise LiverlabError(f"--resume: no sweep state at {sweep_loc} to resume")
+    # -- reliability (issues 19, 23): where the sweep writes, and whether it fits there, before any compute
+    from liverlab.sweep.diskcheck import check_sweep_space
+
+    uri_planned = resolve_tracking_uri(opts.tracking_uri, local_dir)
+    session.located(s.name, local_dir, tune_dir, ray_fs,
+                    check_sweep_space(loaded, local_dir, ray_fs is None, uri_planned, opts.resume, opts.force))
     local_dir.mkdir(parents=True, exist_ok=True)
 
     # Tune warns when a trial checkpoints every few seconds (tiny models do); that is expected here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     connect(opts.address)
+    session.guard.install()  # after ray.init, whose SIGTERM handlers (and native stack dumps) it replaces
     preflight(loaded)
     uri = resolve_tracking_uri(opts.tracking_uri, local_dir)
     first = loaded.config(loaded.arms()[0], s.seeds[0])
@@ -151,11 +166,15 @@ def run_sweep(opts: SweepOptions) -> int:
         "liverlab.sweep_key": sweep_key,
         "liverlab.space_file": str(loaded.path),
         "liverlab.version": __version__,
+        "liverlab.planned_trials": str(len(loaded.trials())),  # the report's "N of M planned trials"
         **repo_tags,
     }
     experiment_id, parent_run_id = open_sweep_run(uri, s.name, base_tags)
+    session.tracking(uri, experiment_id, parent_run_id, len(loaded.trials()))
+    from liverlab.sweep.plan import plan_record
+
     info = {"name": s.name, "tracking_uri": uri, "experiment_id": experiment_id, "parent_run_id": parent_run_id,
-            "space_file": str(loaded.path), "baseline": s.baseline, "storage": sweep_loc}
+            "space_file": str(loaded.path), "baseline": s.baseline, "storage": sweep_loc, **plan_record(loaded)}
     _write_sweep_file(sweep_loc, local_dir, json.dumps(info, indent=2))
 
     from liverlab.train.data import dataset_dirs
@@ -176,23 +195,25 @@ def run_sweep(opts: SweepOptions) -> int:
     }
     trainable = tune.with_resources(run_trial, {"cpu": s.resources.cpu, "gpu": s.resources.gpu})
     live = LiveTable(loaded, enabled=opts.live)
+    from liverlab.sweep.interrupt import SweepGuard
+
     run_config = tune.RunConfig(
         name=s.name,
         storage_path=ray_root,
         storage_filesystem=ray_fs,
         verbose=0,
-        callbacks=[live],
+        callbacks=[live, SweepGuard()],
         failure_config=tune.FailureConfig(max_failures=s.budget.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
     )
     t0 = time.perf_counter()
-    if opts.resume:
-        tuner = tune.Tuner.restore(tune_dir, trainable, resume_errored=True, param_space={META: meta},
-                                   storage_filesystem=ray_fs)
-    else:
-        # The searcher limits concurrency and ends the sweep itself (search.py: after a driver's
-        # kill -9 it re-plans from the trials Tune restored, which Tune's own counters cannot).
-        searcher = ArmSearcher(loaded, max_concurrent=s.budget.max_concurrent)
+
+    def restore() -> Any:
+        return tune.Tuner.restore(tune_dir, trainable, resume_errored=True, param_space={META: meta},
+                                  storage_filesystem=ray_fs)
+
+    def fresh(only: list[tuple[str, int, int]] | None) -> Any:  # only: the planned trials a resume re-creates
+        searcher = ArmSearcher(loaded, only)
         single = len(s.objectives) == 1
         objective = s.objectives[0]
         if s.scheduler.type == "asha":
@@ -205,7 +226,7 @@ def run_sweep(opts: SweepOptions) -> int:
             )
         else:
             scheduler = FIFOScheduler()
-        tuner = tune.Tuner(
+        return tune.Tuner(
             trainable,
             param_space={META: meta},
             tune_config=tune.TuneConfig(
@@ -213,44 +234,30 @@ def run_sweep(opts: SweepOptions) -> int:
                 scheduler=scheduler,
                 metric=objective.metric if single else None,
                 mode=objective.mode if single else None,
-                num_samples=-1,
+                num_samples=searcher.total,
+                max_concurrent_trials=s.budget.max_concurrent,
                 time_budget_s=s.budget.time_limit_s,
                 reuse_actors=True,
             ),
             run_config=run_config,
         )
-    try:
-        results = tuner.fit()
-    except KeyboardInterrupt:
-        finish_sweep_run(uri, parent_run_id, "KILLED")
-        raise
+
+    from liverlab.sweep.resume import fit_all
+
+    try:  # Ctrl-C, SIGTERM and a full disk leave through liverlab.sweep.interrupt (runs KILLED, resume line)
+        results = fit_all(session, loaded, opts.resume, restore, fresh)
     finally:
         live.close()
     elapsed = time.perf_counter() - t0
-    n_errors = results.num_errors
-    deleted, kept = retire_orphans(uri, parent_run_id, _trial_ids(tune_dir, ray_fs))
-    if deleted:
-        print(f"{len(deleted)} run(s) of trials lost with the previous driver (their slots ran again) tagged "
-              f"liverlab.orphaned and deleted: {', '.join(deleted)}")
-    if kept:
-        print(f"liverlab: warning: {len(kept)} run(s) of trials lost with the previous driver whose slots did not "
-              f"run again, tagged liverlab.orphaned: {', '.join(kept)}", file=sys.stderr)
-    finish_sweep_run(uri, parent_run_id, "FAILED" if n_errors == len(results) else "FINISHED")
-    print(summarize(loaded, results, elapsed))
+    n_errors = sum(r.error is not None for r in results)
+    finish_sweep_run(uri, parent_run_id, "FAILED" if results and n_errors == len(results) else "FINISHED")
+    print(summarize(loaded, results, elapsed, finished=len(session.finished_slots())))
     from liverlab.tracking.ui import ui_hint
 
     print(f"results: {sweep_loc}\n{ui_hint(uri, experiment_id)}   (experiment {s.name!r})")
     if opts.report and n_errors < len(results):
         _report(uri, parent_run_id, local_dir, s.baseline)
     return 1 if len(results) and n_errors == len(results) else 0
-
-
-def _trial_ids(tune_dir: str, ray_fs: Any) -> set[str]:
-    """Every trial of the experiment as Tune saved it at the end (restored trials included)."""
-    try:
-        return {t.trial_id for t in tune.ExperimentAnalysis(tune_dir, storage_filesystem=ray_fs).trials}
-    except Exception:  # noqa: BLE001 - no state to read: retire nothing rather than guess
-        return set()
 
 
 def _write_sweep_file(sweep_loc: str, local_dir: Path, text: str) -> None:

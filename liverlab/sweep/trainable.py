@@ -47,6 +47,7 @@ def run_trial(config: dict[str, Any]) -> None:
     """One trial: a stage (or the pipeline) for one arm, seed and Optuna sample."""
     import torch
 
+    from liverlab.tracking.recovery import finish_quietly, replace_slot_runs
     from liverlab.tracking.writer import open_trial_run
 
     meta = config[META]
@@ -63,13 +64,15 @@ def run_trial(config: dict[str, Any]) -> None:
         "liverlab.seed": str(config["seed"]),
         "liverlab.stage": cfg.stage,
         "liverlab.trial_id": trial_id,
-        "liverlab.slot": str(config.get("slot", "")),  # (arm, seed, sample) in the sweep's plan
         "liverlab.node_id": node_id,
         "liverlab.version": __version__,
         **device.tags(),  # liverlab.device, .gpu_ids, .cuda_visible_devices (what the trial resolved)
     }
+    if "sample" in config:  # the trial's slot (arm, seed, sample): one FINISHED run per slot after a resume
+        tags["liverlab.sample"] = str(config["sample"])
     run_name = f"{config['arm_id']} seed={config['seed']} {trial_id}"
     tracker = open_trial_run(meta["tracking_uri"], meta["experiment_id"], meta["parent_run_id"], trial_id, tags, run_name=run_name)
+    replace_slot_runs(tracker, meta["experiment_id"], meta["parent_run_id"], tags, meta["tracking_uri"])
 
     # Working files live in node-local scratch, never in ctx.get_trial_dir(): Tune syncs that
     # folder (on the driver's node it uploads it whole at every experiment-state save, racing
@@ -94,13 +97,15 @@ def run_trial(config: dict[str, Any]) -> None:
         run_stage(cfg, report, tracker, workdir, cache_root=meta["cache_root"])
     except SystemExit as exc:  # Tune stops a trial (ASHA) by raising SystemExit(0) in report()
         if exc.code in (0, None):
-            tracker.set_tags({"liverlab.stopped_early": "true"})
+            if not tracker.superseded():  # an interrupted sweep's driver ends this run KILLED instead
+                tracker.set_tags({"liverlab.stopped_early": "true"})
             tracker.finish("FINISHED")
         else:
             tracker.finish("KILLED", error=f"SystemExit({exc.code})")
         raise
     except BaseException as exc:
-        tracker.finish("FAILED", error=f"{type(exc).__name__}: {exc}")
+        # On a full disk the store may refuse this too: the trial's own error is what the driver must see.
+        finish_quietly(tracker, "FAILED", error=f"{type(exc).__name__}: {exc}")
         raise
     finally:
         remove_scratch(workdir)

@@ -37,8 +37,11 @@ def client_for(uri: str) -> MlflowClient:
         if client is None:
             from mlflow.tracking import MlflowClient
 
+            from liverlab.tracking.schema import store_lock
+
             _ensure_sqlite_dir(uri)
-            client = _CLIENTS[uri] = MlflowClient(tracking_uri=uri)
+            with store_lock(sqlite_path(uri)):  # a new SQLite store: one process creates its tables
+                client = _CLIENTS[uri] = MlflowClient(tracking_uri=uri)
         return client
 
 

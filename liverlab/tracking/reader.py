@@ -103,14 +103,25 @@ def read_runs(
     filter_string: str = "",
     *,
     backend: str = "auto",
+    include_replaced: bool = False,
 ) -> pl.DataFrame:
     """One row per active run (only the children of ``parent_run_id`` when given); see module doc.
 
     ``experiment`` is a name or id (None: every experiment). ``filter_string``
     is an MLflow search filter; it is evaluated by ``MlflowClient.search_runs``
     (exact MLflow semantics) and then applied to the fast path's rows, so it
-    costs one extra search. ``backend``: auto | sql | client.
+    costs one extra search. ``backend``: auto | sql | client. Runs a resumed
+    sweep replaced (tag ``liverlab.replaced_by``, see ``liverlab.tracking.recovery``)
+    are left out unless ``include_replaced``: each trial counts once.
     """
+    df = _read_runs(uri, experiment, parent_run_id, filter_string, backend)
+    if include_replaced or "replaced_by" not in df.columns:
+        return df
+    return df.filter(pl.col("replaced_by").is_null())
+
+
+def _read_runs(uri: str, experiment: str | None, parent_run_id: str | None, filter_string: str,
+               backend: str) -> pl.DataFrame:
     exp_ids = [resolve_experiment(uri, experiment)] if experiment is not None else []
     if _use_sql(uri, backend):
         if parent_run_id and not read_sql.run_exists(uri, parent_run_id):

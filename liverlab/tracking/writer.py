@@ -276,45 +276,6 @@ def finish_sweep_run(
     retry_locked(client.set_terminated, parent_run_id, status)
 
 
-def retire_orphans(uri: str, parent_run_id: str, trial_ids: set[str]) -> tuple[list[str], list[str]]:
-    """Runs of trials the sweep's experiment no longer holds: ``(deleted, kept)`` run ids.
-
-    After ``kill -9`` of the driver, ``Tuner.restore`` continues from Tune's last
-    experiment-state save: a trial started after it is unknown to the resumed
-    sweep, whose searcher hands out its slot (``liverlab.slot``: arm, seed and
-    sample) again under a new trial id. The lost trial's run (RUNNING, or even
-    FINISHED) is then a second run for that slot: it is tagged
-    ``liverlab.orphaned`` and deleted (MLflow's soft delete; ``mlflow runs
-    restore --run-id ...`` brings it back), so each trial keeps exactly one run.
-    A lost run whose slot has no other run is kept (KILLED if it was RUNNING),
-    tagged, and returned as ``kept``. Nothing happens when ``trial_ids`` is empty.
-    """
-    if not trial_ids:
-        return [], []
-    client = client_for(uri)
-    parent = retry_locked(client.get_run, parent_run_id)
-    children = _search_all(client, parent.info.experiment_id, f"tags.`mlflow.parentRunId` = {_filter_value(parent_run_id)}")
-    held = [c for c in children if c.data.tags.get("liverlab.trial_id") in trial_ids]
-    held_slots = {c.data.tags.get("liverlab.slot") for c in held} - {None, ""}
-    deleted: list[str] = []
-    kept: list[str] = []
-    for run in children:
-        if run in held:
-            continue
-        again = run.data.tags.get("liverlab.slot") in held_slots
-        set_run_tags(client, run.info.run_id, {"liverlab.orphaned": (
-            "trial lost with a killed driver (started after Tune's last state save); its slot ran again"
-            if again else "trial lost with a killed driver; its slot did not run again: rerun it")})
-        if run.info.status == "RUNNING":
-            retry_locked(client.set_terminated, run.info.run_id, "KILLED")
-        if again:
-            retry_locked(client.delete_run, run.info.run_id)
-            deleted.append(run.info.run_id)
-        else:
-            kept.append(run.info.run_id)
-    return deleted, kept
-
-
 def log_artifacts_to_run(uri: str, run_id: str, local_dir: str | Path, artifact_path: str | None = None) -> None:
     """Copy a local folder into any run's artifacts (the report goes to the sweep's parent)."""
     retry_locked(client_for(uri).log_artifacts, run_id, str(local_dir), artifact_path)
