@@ -103,3 +103,42 @@ def download_dir(location: str, local: Path) -> None:
 def node_cache_dir() -> Path:
     """Where a node keeps its copies of remote cache entries ($LIVERLAB_NODE_CACHE)."""
     return Path(os.environ.get("LIVERLAB_NODE_CACHE") or Path(tempfile.gettempdir()) / "liverlab-node-cache")
+
+
+def trial_scratch(sweep_id: str, trial_id: str) -> Path:
+    """A fresh node-local folder for one attempt of a sweep trial's working files.
+
+    ``<node cache>/trials/<sweep_id>/<trial_id>/<pid>-<random>``: outside
+    anything Ray Tune uploads (Tune syncs the trial folder, and on the
+    driver's node uploads it whole with every experiment-state save, racing
+    the trial's temporary files). Each attempt gets its own folder; folders
+    of attempts whose process is gone (a killed worker) are removed here.
+    The caller removes its own folder when the attempt ends.
+    """
+    parent = node_cache_dir() / "trials" / sweep_id / trial_id
+    parent.mkdir(parents=True, exist_ok=True)
+    for old in parent.iterdir():
+        pid = old.name.split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=parent))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+def remove_scratch(folder: Path) -> None:
+    """Remove an attempt's scratch folder, and its trial's and sweep's folders once empty."""
+    shutil.rmtree(folder, ignore_errors=True)
+    for parent in (folder.parent, folder.parent.parent):
+        try:
+            parent.rmdir()
+        except OSError:  # another attempt or trial still works there
+            break

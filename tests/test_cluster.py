@@ -221,6 +221,41 @@ def test_doctor_fails_when_storage_is_not_shared(cluster: SimCluster, capsys) ->
         quick_check(str(local), f"sqlite:///{local}/mlflow.db")
 
 
+def test_data_digest_ignores_node_local_caches(tmp_path: Path, phantom_root: Path) -> None:
+    from liverlab.sweep.node_probe import data_fingerprint
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(phantom_root, a, ignore=shutil.ignore_patterns(".cache", "*.lock"))
+    shutil.copytree(a, b)
+    for dataset in ("ct", "mri"):  # what a node that ran trials holds, and a fresh copy does not
+        (b / dataset / ".cache" / "0123abcd").mkdir(parents=True)
+        (b / dataset / ".cache" / "0123abcd" / "slices.npy").write_bytes(b"x")
+        (b / dataset / ".manifest.lock").touch()
+    (b / "mri.lock").touch()
+    for root in (Path(""), Path("mri")):  # --data as the data root, or as one dataset
+        assert data_fingerprint(a / root)["digest"] == data_fingerprint(b / root)["digest"], root
+    (b / "mri" / "imagesTr" / "extra_0000.nii.gz").write_bytes(b"")  # a real difference still shows
+    assert data_fingerprint(a / "mri")["digest"] != data_fingerprint(b / "mri")["digest"]
+
+
+def test_preflight_names_the_node_whose_data_differs(cluster: SimCluster, phantom_root: Path) -> None:
+    """``data`` is a path through ``/proc/self/cwd``: each simulated machine has its own copy."""
+    for disk in ("head", "worker", "driver"):
+        shutil.copytree(phantom_root / "mri", cluster.root / f"{disk}-disk" / "mri",
+                        ignore=shutil.ignore_patterns(".cache", "*.lock"))
+    (cluster.root / "worker-disk" / "mri" / ".cache").mkdir()  # a node-local slice cache: not a difference
+    data = str(cluster.root / "data")
+    (cluster.root / "data").symlink_to("/proc/self/cwd/mri")
+    shared = cluster.root / "shared"
+    shared.mkdir()
+    checks = quick_check(str(shared), None, data=[data])
+    assert {c.verdict for c in checks if c.check == "data"} == {OK}, [c.line() for c in checks]
+    (cluster.root / "worker-disk" / "mri" / "labelsTr" / "mri_99.nii.gz").write_bytes(b"")
+    with pytest.raises(LiverlabError, match="differs from the driver's copy") as err:
+        quick_check(str(shared), None, data=[data])
+    assert cluster.worker_id[:8] in str(err.value) and cluster.head_id[:8] not in str(err.value)
+
+
 def test_doctor_connects_to_a_ray_start_cluster_with_token_auth(tmp_path: Path) -> None:
     """``ray start --head`` with RAY_AUTH_MODE=token, a driver connecting with the token, and without it."""
     home = tmp_path / "home"

@@ -84,6 +84,12 @@ def test_pipeline_sweep_on_object_storage_and_resume(tmp_path, phantom_root, s3_
     assert sum(p.endswith("/done.json") and "/cache/essnet/" in p for p in names) == 1
     assert sum(p.endswith("/provenance.json") and "/cache/synthetic/" in p for p in names) == 1
     assert any(Path(p).name.startswith("experiment_state") for p in names)
+    # Trial working files stay in node-local scratch (removed when the trial ends): the bucket holds
+    # Tune's state, the reported checkpoints, the pipeline cache and liverlab_sweep.json only.
+    assert not [p for p in names if "/work/" in p or p.endswith("/work")], [p for p in names if "/work" in p][:5]
+    assert not [p for p in names if ".tmp-" in p], [p for p in names if ".tmp-" in p][:5]
+    assert "Saving experiment state" not in run.stdout + run.stderr, run.stderr[-3000:]
+    assert not list((tmp_path / "node-cache" / "trials").rglob("*")), "trial scratch left behind"
 
     client = MlflowClient(tracking)
     children = client.search_runs([info["experiment_id"]],
@@ -108,15 +114,24 @@ def test_object_storage_without_a_tracking_server_is_refused(tmp_path, phantom_r
     assert "needs --tracking-uri" in capsys.readouterr().err
 
 
-def test_doctor_probes_object_storage(s3_endpoint):
-    from liverlab.sweep.doctor import _object_store_check
-    from liverlab.sweep.doctor_table import FAIL, OK
+def test_doctor_probes_object_storage_from_the_nodes(s3_endpoint, tmp_path):
+    """The token exchange through the bucket: the driver writes, each node (a Ray task) reads and writes."""
+    from liverlab.sweep.probe_storage import PROBE_ROOT, node_write
 
-    good = _object_store_check(
-        f"s3://liverlab/doctor?endpoint_override={s3_endpoint}&scheme=http&region=us-east-1", "a" * 32
-    )
-    assert good.verdict == OK
-    bad = _object_store_check(
-        f"s3://no-such-bucket/x?endpoint_override={s3_endpoint}&scheme=http&region=us-east-1", "b" * 32
-    )
-    assert bad.verdict == FAIL and "no-such-bucket" in bad.detail
+    good = f"s3://liverlab/doctor?endpoint_override={s3_endpoint}&scheme=http&region=us-east-1"
+    bad = f"s3://no-such-bucket/x?endpoint_override={s3_endpoint}&scheme=http&region=us-east-1"
+    # A fresh driver and local Ray, so the node's processes get the credentials from their own environment.
+    env = {**os.environ, **CREDENTIALS, "COLUMNS": "250"}
+    env.pop("RAY_ADDRESS", None)
+    cmd = [sys.executable, "-m", "liverlab.cli", "doctor", "--storage"]
+    ok = subprocess.run(cmd + [good], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stdout[-3000:] + ok.stderr[-3000:]
+    storage_rows = [line for line in ok.stdout.splitlines() if line.startswith("│ storage")]
+    assert len(storage_rows) == 2 and all("OK" in line for line in storage_rows), ok.stdout
+    assert "0 FAIL" in ok.stdout and "1/1 node(s)" in ok.stdout, ok.stdout
+    assert not storage.exists(storage.join(good, PROBE_ROOT))  # the probe objects are removed
+    no = subprocess.run(cmd + [bad], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert no.returncode == 1 and "no-such-bucket" in no.stdout, no.stdout[-3000:]
+    # A node that does not see the driver's probe object (another bucket or endpoint, or no access) says so.
+    seen = node_write(storage.join(good, PROBE_ROOT, "nothing-here"), "c" * 32, "n1")
+    assert not seen["ok"] and "cannot read the driver's probe object" in seen["error"]

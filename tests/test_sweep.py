@@ -75,7 +75,7 @@ def test_preflight_refuses_gpus_the_cluster_does_not_have(tmp_path, phantom_root
         run_sweep(SweepOptions(space=str(space), storage=str(tmp_path / "s"), live=False, report=False))
 
 
-def test_pipeline_sweep_tracks_parent_and_children(tmp_path, phantom_root, ray_session):
+def test_pipeline_sweep_tracks_parent_and_children(tmp_path, phantom_root, ray_session, capfd):
     space = _write_space(
         tmp_path, phantom_root, "e2e", stage="pipeline", arms={"synthesis": ["none", "essnet"]}, seeds=[0],
         params={"unet.mixing_ratio": {"type": "float", "low": 0.5, "high": 1.5, "when": {"synthesis": ["essnet"]}}},
@@ -92,6 +92,9 @@ def test_pipeline_sweep_tracks_parent_and_children(tmp_path, phantom_root, ray_s
     cache = tmp_path / "s" / "e2e" / "cache"
     assert len(list((cache / "essnet").glob("*/done.json"))) == 1
     assert len(list((cache / "synthetic").glob("*/provenance.json"))) == 1
+    # Trial working files live in node-local scratch, not in the trial folders Tune syncs to storage.
+    assert not list((tmp_path / "s" / "e2e").rglob("work")) and not list((tmp_path / "s").rglob("*.tmp-*"))
+    assert "Saving experiment state" not in capfd.readouterr().err
     essnet_runs = [c for c in children if c.data.tags["liverlab.arm"] == "synthesis=essnet"]
     assert sorted(c.data.tags["liverlab.synthetic_reused"] for c in essnet_runs) == ["false", "true"]
     for child in children:

@@ -13,21 +13,21 @@ that exists on every node may still be a different local folder on each.
 The driver writes a token file into ``<storage>/.liverlab-doctor/<uuid>``;
 every node must see that folder and the driver's token, write its own file,
 and (second round) read back every other node's file; the driver reads back
-the nodes' files too. The same token exchange checks the folder of a SQLite
+the nodes' files too. An object-store URI gets the same exchange, each node
+with its own credentials (``probe_storage.py``). The same token exchange checks the folder of a SQLite
 tracking store; an HTTP tracking server must answer ``GET /health`` from
 every node.
 
 This module is the driver's side: it starts the probes, and judges what they
 return. The code run on each node is ``node_probe.py``; the table and its
 rendering are ``doctor_table.py``. ``preflight.quick_check`` is the cheap part
-(resources, storage, tracking; no version or data probes), run by
+(resources, storage, tracking, the sweep's data; no version probe), run by
 ``liverlab sweep`` on multi-node clusters.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
 import uuid
 from pathlib import Path
 from typing import Any
@@ -36,18 +36,10 @@ from urllib.parse import urlparse
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from liverlab.storage import is_uri, join, read_text, write_text
 from liverlab.sweep.cluster import alive_nodes, connect, node_name
 from liverlab.sweep.doctor_table import FAIL, OK, WARN, Check, render
-from liverlab.sweep.node_probe import (
-    DRIVER_FILE,
-    PROBE_ROOT,
-    data_fingerprint,
-    missing_peers,
-    node_versions,
-    probe_node,
-    tracking_probe,
-)
+from liverlab.sweep.node_probe import data_fingerprint, node_versions, probe_node, tracking_probe
+from liverlab.sweep.probe_storage import PROBE_ROOT, end_probe, missing_peers, probe_location, start_probe
 from liverlab.tracking.client import sqlite_path
 
 _DB_PORTS = {"postgresql": 5432, "postgres": 5432, "mysql": 3306, "mssql": 1433}
@@ -121,7 +113,7 @@ def _gather(refs: dict[str, Any], timeout_s: float) -> dict[str, Any]:
     return out
 
 
-def probe_nodes(storage: str | None, tracking_uri: str | None, data: str | None = None,
+def probe_nodes(storage: str | None, tracking_uri: str | None, data: list[str] | None = None,
                 versions: bool = False, timeout_s: float = 60.0) -> list[Check]:
     """The per-node checks (storage, tracking, data, versions), one task per alive node."""
     nodes = alive_nodes()
@@ -130,41 +122,25 @@ def probe_nodes(storage: str | None, tracking_uri: str | None, data: str | None 
     token = uuid.uuid4().hex
     checks: list[Check] = []
     spec: dict[str, Any] = {"token": token, "data": data, "versions": versions}
-    probe: Path | None = None
-    cleanup: list[Path] = []
-    if storage and is_uri(storage):
-        checks.append(_object_store_check(storage, token))
-    elif storage:
-        root = Path(os.path.abspath(os.path.expanduser(storage)))  # not resolve(): nodes see the path, not the link
-        probe = root / PROBE_ROOT / token[:12]
+    probe: str | None = None
+    if storage:  # a shared folder or an object store: the same token exchange (probe_storage.py)
+        probe = probe_location(storage, token)
         try:
-            probe.mkdir(parents=True)
-            cleanup.append(probe)
-            (probe / DRIVER_FILE).write_text(f"{token}:driver")
-            spec["probe_dir"] = str(probe)
-        except OSError as exc:
-            checks.append(Check("storage", "driver", FAIL, f"cannot write {probe}: {exc}"))
+            start_probe(probe, token)
+            spec["probe"] = probe
+        except Exception as exc:  # noqa: BLE001 - OSError, pyarrow's errors, a bad URI: the verdict
+            checks.append(Check("storage", "driver", FAIL, f"cannot write {probe}: {' '.join(str(exc).split())[:300]}"))
+            end_probe(probe)
             probe = None
+    cleanup: list[Path] = []
     if tracking_uri:
-        target, token_file = _tracking_target(tracking_uri, token)
-        if token_file is not None:
-            try:
-                if not token_file.parent.exists():  # the store would create it; remove it again afterwards
-                    token_file.parent.mkdir(parents=True)
-                    cleanup.append(token_file.parent)
-                token_file.write_text(token)
-                cleanup.insert(0, token_file)
-            except OSError as exc:
-                checks.append(Check("tracking", "driver", FAIL, f"cannot write {token_file}: {exc}"))
-        spec.update(tracking=target, tracking_token=token)
-        tr = tracking_probe(target, token)
-        checks.append(Check("tracking", "driver", _verdict(tr["ok"]), tr["detail"]))
+        checks += _tracking_driver(tracking_uri, token, spec, cleanup)
     driver: dict[str, Any] = {}
     if data:
-        driver["data"] = data_fingerprint(Path(data))
-        d = driver["data"]
-        checks.append(Check("data", "driver", OK if d["ok"] else FAIL,
-                            f"{data}: {d['entries']} entries" if d["ok"] else d["detail"]))
+        driver["data"] = {path: data_fingerprint(Path(path)) for path in data}
+        for path, d in driver["data"].items():
+            checks.append(Check("data", "driver", OK if d["ok"] else FAIL,
+                                f"{path}: {d['entries']} entries" if d["ok"] else d["detail"]))
     if versions:
         driver["versions"] = v = node_versions()
         checks.append(Check("versions", "driver", OK, f"liverlab {v['liverlab']} (code {v['code']}), "
@@ -177,36 +153,50 @@ def probe_nodes(storage: str | None, tracking_uri: str | None, data: str | None 
         writers = [nid for nid, r in first.items() if isinstance(r, dict) and r.get("storage", {}).get("ok")]
         if probe is not None and writers:
             # Second round: every node (and the driver) reads back what the others wrote.
-            refs = {nid: _pinned(missing_peers, nid).remote(str(probe), token, writers) for nid in writers}
+            refs = {nid: _pinned(missing_peers, nid).remote(probe, token, writers) for nid in writers}
             peers = _gather(refs, timeout_s)
-            missing = missing_peers(str(probe), token, writers)
+            missing = missing_peers(probe, token, writers)
             checks.append(Check("storage", "driver", FAIL if missing else OK,
-                                f"wrote {probe.parent.parent}; reads the files of {len(writers) - len(missing)}"
+                                f"wrote {storage}; reads the files of {len(writers) - len(missing)}"
                                 f"/{len(writers)} node(s)"
                                 + (f"; missing: {', '.join(names[m] for m in missing)}" if missing else "")))
         elif probe is not None:
             checks.append(Check("storage", "driver", FAIL if names else OK,
-                                f"wrote {probe.parent.parent}; no node sees the driver's files (not shared)"))
+                                f"wrote {storage}; no node sees the driver's files (not shared)"))
     finally:
-        for path in cleanup:  # the probe folder, the tracking token file, a folder made for it (if empty)
-            if path == probe:
-                shutil.rmtree(path, ignore_errors=True)
-            elif path.is_dir():
+        if probe is not None:
+            end_probe(probe)
+        for path in cleanup:  # the tracking token file, a folder made for it (if empty)
+            if path.is_dir():
                 try:
                     path.rmdir()
                 except OSError:
                     pass
             else:
                 path.unlink(missing_ok=True)
-        if probe is not None:
-            try:
-                probe.parent.rmdir()  # .liverlab-doctor, unless another doctor runs right now
-            except OSError:
-                pass
     for nid, res in first.items():
         checks.extend(_judge(names[nid], res, peers.get(nid), names, len(writers), gpus[nid], driver, spec))
     order = {"storage": 0, "tracking": 1, "data": 2, "versions": 3, "probe": 4}
     return sorted(checks, key=lambda c: (order.get(c.check, 9), c.where != "driver"))
+
+
+def _tracking_driver(uri: str, token: str, spec: dict[str, Any], cleanup: list[Path]) -> list[Check]:
+    """The driver's own tracking check; for folder stores, the token file the nodes must read."""
+    checks: list[Check] = []
+    target, token_file = _tracking_target(uri, token)
+    if token_file is not None:
+        try:
+            if not token_file.parent.exists():  # the store would create it; remove it again afterwards
+                token_file.parent.mkdir(parents=True)
+                cleanup.append(token_file.parent)
+            token_file.write_text(token)
+            cleanup.insert(0, token_file)
+        except OSError as exc:
+            checks.append(Check("tracking", "driver", FAIL, f"cannot write {token_file}: {exc}"))
+    spec.update(tracking=target, tracking_token=token)
+    tr = tracking_probe(target, token)
+    checks.append(Check("tracking", "driver", _verdict(tr["ok"]), tr["detail"]))
+    return checks
 
 
 def _verdict(ok: bool | None) -> str:
@@ -233,14 +223,16 @@ def _judge(name: str, res: Any, peer_missing: Any, names: dict[str, str], n_writ
                                                   "node(s)' files"))
     if "tracking" in res:
         out.append(Check("tracking", name, _verdict(res["tracking"]["ok"]), res["tracking"]["detail"]))
-    if spec.get("data"):
-        mine, ref = res.get("data") or {}, driver.get("data") or {}
+    for path in spec.get("data") or []:
+        mine, ref = (res.get("data") or {}).get(path, {}), (driver.get("data") or {}).get(path, {})
         if not mine.get("ok"):
             out.append(Check("data", name, FAIL, mine.get("detail", "no answer")))
         elif ref.get("ok") and mine["digest"] != ref["digest"]:
-            out.append(Check("data", name, WARN, f"{spec['data']}: differs from the driver's copy (layout digest)"))
+            # Trials on this node would read other data than the driver's: the sweep would mix them.
+            out.append(Check("data", name, FAIL, f"{path}: differs from the driver's copy (layout digest: names two "
+                                                 "levels deep and dataset.json, node-local caches left out)"))
         else:
-            out.append(Check("data", name, OK, f"{spec['data']}: {mine['entries']} entries, same layout as the driver"))
+            out.append(Check("data", name, OK, f"{path}: {mine['entries']} entries, same layout as the driver"))
     if spec.get("versions"):
         out.append(_judge_versions(name, res["versions"], driver["versions"], gpus))
     return out
@@ -272,25 +264,12 @@ def run_doctor(address: str | None = None, storage: str | None = None, tracking_
     connect(address)
     checks = cluster_checks(address)
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or None
-    checks += probe_nodes(storage, uri, data, versions=True, timeout_s=timeout_s)
+    checks += probe_nodes(storage, uri, [data] if data else None, versions=True, timeout_s=timeout_s)
     if not uri:
         checks.append(Check("tracking", "cluster", WARN if len(alive_nodes()) > 1 else OK,
                             "no --tracking-uri: sweeps default to SQLite in the sweep folder (covered by the storage "
                             "check); a cluster wants an `mlflow server` (docs/cluster.md)"))
     return checks + tracking_notes(uri, len(alive_nodes()))
-
-
-def _object_store_check(storage: str, token: str) -> Check:
-    """Object storage: write, read back and list a probe object (from the driver; nodes use the same API)."""
-    probe = join(storage, PROBE_ROOT, token[:12])
-    try:
-        write_text(probe, token)
-        ok = read_text(probe) == token
-    except Exception as exc:  # noqa: BLE001 - any filesystem error is the verdict
-        return Check("storage", "driver", FAIL, f"{storage}: cannot write and read a probe object: {exc}")
-    return Check("storage", "driver", OK if ok else FAIL,
-                 f"{storage}: probe object written and read back (checked from the driver; nodes need the same "
-                 "credentials)" if ok else f"{storage}: probe object read back differently")
 
 
 def doctor_main(address: str | None, storage: str | None, tracking_uri: str | None, data: str | None,

@@ -2,14 +2,8 @@
 
 These functions run inside Ray tasks pinned to each alive node (and some on
 the driver too). They return dicts of facts; the driver judges them
-(``liverlab.sweep.doctor``), so the verdict logic lives in one place.
-
-Storage is checked by exchanging files, not by ``os.path.exists``: a path
-that exists on every node may still be a different local folder on each.
-The driver writes ``DRIVER_FILE`` into ``<storage>/PROBE_ROOT/<id>``; each
-node must see that folder and the driver's token and write its own file
-(``probe_node``), and in a second round read every other node's file
-(``missing_peers``).
+(``liverlab.sweep.doctor``), so the verdict logic lives in one place. The
+storage exchange itself is ``probe_storage.py``.
 """
 
 from __future__ import annotations
@@ -24,63 +18,21 @@ from typing import Any
 import ray
 
 import liverlab
-
-PROBE_ROOT = ".liverlab-doctor"
-DRIVER_FILE = "driver.token"
-
-
-def _node_file(node_id: str) -> str:
-    return f"node-{node_id}.token"
+from liverlab.sweep.probe_storage import node_write
 
 
 def probe_node(spec: dict[str, Any]) -> dict[str, Any]:
     """Phase 1 on one node: storage write + driver token, tracking, data, versions."""
     out: dict[str, Any] = {"node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname()}
-    if spec.get("probe_dir"):
-        out["storage"] = _storage_write(Path(spec["probe_dir"]), spec["token"], out["node_id"])
+    if spec.get("probe"):
+        out["storage"] = node_write(spec["probe"], spec["token"], out["node_id"])
     if spec.get("tracking"):
         out["tracking"] = tracking_probe(spec["tracking"], spec.get("tracking_token"))
     if spec.get("data"):
-        out["data"] = data_fingerprint(Path(spec["data"]))
+        out["data"] = {path: data_fingerprint(Path(path)) for path in spec["data"]}
     if spec.get("versions"):
         out["versions"] = node_versions()
     return out
-
-
-def _storage_write(probe: Path, token: str, node_id: str) -> dict[str, Any]:
-    storage = probe.parent.parent
-    if not storage.is_dir():
-        return {"ok": False, "error": f"{storage} does not exist on this node"}
-    if not probe.is_dir():  # never create it: that would hide a node-local folder
-        return {"ok": False, "error": f"the driver's probe folder {probe} is not visible here: "
-                                      f"{storage} on this node is not the driver's folder (not shared)"}
-    try:
-        mine = probe / _node_file(node_id)
-        mine.write_text(f"{token}:{node_id}")
-        if mine.read_text() != f"{token}:{node_id}":
-            return {"ok": False, "error": f"wrote {mine} but read back something else"}
-    except OSError as exc:
-        return {"ok": False, "error": f"cannot write in {probe}: {exc}"}
-    try:
-        seen = (probe / DRIVER_FILE).read_text()
-    except OSError as exc:
-        return {"ok": False, "error": f"cannot read the driver's file: {exc}"}
-    if seen != f"{token}:driver":
-        return {"ok": False, "error": "the driver's file has other content here (another folder of the same name?)"}
-    return {"ok": True}
-
-
-def missing_peers(probe_dir: str, token: str, node_ids: list[str]) -> list[str]:
-    """Phase 2 on one node (and on the driver): which nodes' files are *not* visible."""
-    probe = Path(probe_dir)
-    missing = []
-    for nid in node_ids:
-        try:
-            if (probe / _node_file(nid)).read_text() != f"{token}:{nid}":
-                missing.append(nid)
-        except OSError:
-            missing.append(nid)
-    return missing
 
 
 def tracking_probe(target: dict[str, Any], token: str | None) -> dict[str, Any]:
@@ -112,16 +64,27 @@ def tracking_probe(target: dict[str, Any], token: str | None) -> dict[str, Any]:
     return {"ok": None, "detail": f"{target['uri']}: scheme not checked"}
 
 
+def node_local(name: str) -> bool:
+    """Names a node makes for itself in a dataset folder: the slice cache (``.cache``), lock
+    files, temporary files. A fresh node's identical copy has none of them yet."""
+    return name.startswith(".") or name.endswith(".lock")
+
+
 def data_fingerprint(path: Path) -> dict[str, Any]:
-    """Exists? And a cheap digest of its layout (names two levels deep, dataset.json bytes)."""
+    """Exists? And a cheap digest of its layout (names two levels deep, dataset.json bytes).
+
+    Node-local names (``node_local``) are left out at both levels, so a node's
+    slice cache does not make its copy look different from the driver's.
+    """
     if not path.is_dir():
         return {"ok": False, "detail": f"{path} is not a folder on this node"}
     h = hashlib.sha256()
     count = 0
-    for top in sorted(path.iterdir()):
+    for top in sorted(p for p in path.iterdir() if not node_local(p.name)):
         h.update(top.name.encode())
         if top.is_dir():
-            for sub in sorted(top.iterdir())[:2000]:
+            subs = sorted(p for p in top.iterdir() if not node_local(p.name))
+            for sub in subs[:2000]:
                 h.update(sub.name.encode())
                 count += 1
                 if sub.name == "dataset.json":

@@ -2,9 +2,9 @@
 
 ``preflight`` refuses resource requests no node can meet (a GPU request on a
 cluster without GPUs would pend forever). ``quick_check`` runs the cheap part
-of ``liverlab doctor`` on a multi-node cluster (resources, storage and
-tracking seen from every node; no version or data probes) and raises on any
-FAIL, before a trial fails minutes later on one node.
+of ``liverlab doctor`` on a multi-node cluster (resources, storage, tracking
+and the data seen from every node; no version probe) and raises on any FAIL,
+before a trial fails minutes later on one node.
 """
 
 from __future__ import annotations
@@ -39,15 +39,18 @@ def preflight(loaded: LoadedSpace) -> dict[str, float]:
     return {"CPU": cpus, "GPU": gpus}
 
 
-def quick_check(storage: str, tracking_uri: str | None, timeout_s: float = 60.0) -> list[Check]:
-    """The sweep's preflight: resources + storage + tracking from every node; raises on any FAIL.
+def quick_check(storage: str, tracking_uri: str | None, data: list[str] | None = None,
+                timeout_s: float = 60.0) -> list[Check]:
+    """The sweep's preflight from every node: resources, storage (a shared folder or an object
+    store, with each node's own credentials), tracking, and ``data`` folders with the driver's
+    layout digest. Raises on any FAIL, naming the node.
 
     Skipped (returns []) on a single node, where the driver's disk is the
-    nodes' disk. Version and data probes are left to ``liverlab doctor``.
+    nodes' disk. The version probe is left to ``liverlab doctor``.
     """
     if len(alive_nodes()) <= 1:
         return []
-    checks = cluster_checks() + probe_nodes(storage, tracking_uri, versions=False, timeout_s=timeout_s)
+    checks = cluster_checks() + probe_nodes(storage, tracking_uri, data, versions=False, timeout_s=timeout_s)
     checks += tracking_notes(tracking_uri, len(alive_nodes()))
     fails = [c.line() for c in checks if c.verdict == FAIL]
     if fails:

@@ -158,8 +158,10 @@ def _run_sweep(opts: SweepOptions, session: Any) -> int:
     session.guard.install()  # after ray.init, whose SIGTERM handlers (and native stack dumps) it replaces
     preflight(loaded)
     uri = resolve_tracking_uri(opts.tracking_uri, local_dir)
-    if ray_fs is None:  # multi-node only: every node must see the shared folder and the tracking store
-        quick_check(storage=sweep_loc, tracking_uri=uri)
+    first = loaded.config(loaded.arms()[0], s.seeds[0])
+    # Multi-node only: every node must reach the storage (folder or bucket, with its own
+    # credentials) and the tracking store, and hold the driver's data.
+    quick_check(storage=sweep_loc, tracking_uri=uri, data=_node_data(first))
     sweep_key = hashlib.sha256(sweep_loc.encode()).hexdigest()[:16]
     repo_tags = git_tags(Path(loaded.path).parent)
     base_tags = {
@@ -178,7 +180,6 @@ def _run_sweep(opts: SweepOptions, session: Any) -> int:
             "space_file": str(loaded.path), "baseline": s.baseline, "storage": sweep_loc, **plan_record(loaded)}
     _write_sweep_file(sweep_loc, local_dir, json.dumps(info, indent=2))
 
-    first = loaded.config(loaded.arms()[0], s.seeds[0])
     from liverlab.train.data import dataset_dirs
 
     dataset_dirs(first)  # phantoms are generated here once, not raced by the first trials
@@ -191,6 +192,7 @@ def _run_sweep(opts: SweepOptions, session: Any) -> int:
         "experiment_id": experiment_id,
         "parent_run_id": parent_run_id,
         "cache_root": join(sweep_loc, "cache"),
+        "sweep_id": f"{s.name}-{sweep_key[:8]}",  # names the trials' node-local scratch folders
         "cpus_per_trial": s.resources.cpu,
         "tags": {k: v for k, v in base_tags.items() if k != "liverlab.sweep_key"}
         | {"liverlab.manifest_hash": _data_hash(first)},
@@ -267,6 +269,14 @@ def _write_sweep_file(sweep_loc: str, local_dir: Path, text: str) -> None:
     if is_uri(sweep_loc):
         write_text(join(sweep_loc, SWEEP_FILE), text)
     write_bytes_atomic(local_dir / SWEEP_FILE, text.encode())
+
+
+def _node_data(config: Any) -> list[str] | None:
+    """The data folders every node must hold a copy of (phantoms and imports each node makes itself)."""
+    d = config.data
+    if d.phantom is not None or d.import_:
+        return None
+    return [str(p) for p in (d.ct_dir, d.mri_dir) if Path(p).is_dir()] or None
 
 
 def _data_hash(config: Any) -> str:

@@ -2,7 +2,8 @@
 
 The training functions never see Ray: this adapter binds their ``report``
 callback to ``ray.tune.report`` (with ``tune.Checkpoint``), restores the last
-checkpoint into the trial's work folder before a retry or a resume, picks the
+checkpoint into the trial's node-local work folder (``storage.trial_scratch``,
+removed when the attempt ends) before a retry or a resume, picks the
 device from the GPUs Ray assigned (``liverlab.sweep.devices``: a trial given a
 GPU, or a fraction of one, runs on CUDA or stops with an error), and opens
 the trial's MLflow child run, which a resumed or retried trial continues
@@ -12,7 +13,6 @@ instead of duplicating.
 from __future__ import annotations
 
 import socket
-from pathlib import Path
 from typing import Any
 
 import ray
@@ -20,6 +20,7 @@ from ray import tune
 
 from liverlab import __version__
 from liverlab.config import ExperimentConfig, config_from_dict
+from liverlab.storage import remove_scratch, trial_scratch
 from liverlab.sweep.devices import trial_device
 from liverlab.train.stages import run_stage
 
@@ -75,7 +76,11 @@ def run_trial(config: dict[str, Any]) -> None:
     )
     replace_slot_runs(tracker, meta["experiment_id"], meta["parent_run_id"], tags, meta["tracking_uri"])
 
-    workdir = Path(ctx.get_trial_dir()) / "work"
+    # Working files live in node-local scratch, never in ctx.get_trial_dir(): Tune syncs that
+    # folder (on the driver's node it uploads it whole at every experiment-state save, racing
+    # our temp-file writes). What outlives the attempt is what it reports: Tune copies each
+    # checkpoint into the sweep storage, and MLflow holds the metrics and artifacts.
+    workdir = trial_scratch(meta.get("sweep_id") or ctx.get_experiment_name(), trial_id)
     stage_dir = workdir / "unet" if cfg.stage == "pipeline" else workdir
     restored = tune.get_checkpoint()
     if restored is not None:  # a retry or a resumed sweep continues from the last report
@@ -104,4 +109,6 @@ def run_trial(config: dict[str, Any]) -> None:
         # On a full disk the store may refuse this too: the trial's own error is what the driver must see.
         finish_quietly(tracker, "FAILED", error=f"{type(exc).__name__}: {exc}")
         raise
+    finally:
+        remove_scratch(workdir)
     tracker.finish("FINISHED")

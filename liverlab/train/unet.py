@@ -64,6 +64,7 @@ class UNetData:
             )
         self.test = self._split(config, "test")
         augment = Augment.from_config(u.augment, seed=config.seed)
+        self.augment = augment
         context = u.model.context_slices
         real = SegmentationSlices(self.train, augment=augment, context=context)
         self.n_real, self.n_synth = len(real), 0
@@ -99,6 +100,8 @@ class UNetData:
         from liverlab.data.datasets import MixingSampler
 
         n = steps * self.batch_size
+        if self.augment.generator is not None:  # the augmentation's draws too, or a resumed round would differ
+            self.augment.generator.manual_seed(self.seed * 1000 + round_)
         sampler = MixingSampler(self.n_real, self.n_synth, self.ratio, num_samples=n, seed=self.seed * 1000 + round_)
         return torch.utils.data.DataLoader(self.dataset, batch_size=self.batch_size, sampler=sampler, num_workers=0)
 
@@ -109,9 +112,9 @@ class UNetData:
         ``r`` (steps ``r * val_every`` onwards) draws from a sampler seeded by
         ``(seed, r)``, so a run resumed at a round's first step draws the slices
         the uninterrupted run draws there, without replaying the rounds before
-        it; and every run recorded so far drew its slices this way. (The
-        augmentation's random stream is not in the checkpoint: a resumed run
-        draws the same slices but augments them differently.)
+        it; and every run recorded so far drew its slices this way. The
+        augmentation's generator is reseeded by ``(seed, r)`` too, so a resumed
+        run also augments them the same way (tests/test_resume_exact.py).
         """
         it = start
         while it < iterations:
