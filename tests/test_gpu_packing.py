@@ -71,7 +71,7 @@ def test_four_quarter_gpu_trials_share_one_gpu_at_once(tmp_path: Path, phantom_r
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
     space = {
         "name": "packed", "base": "base.yaml", "stage": "unet", "seeds": [0, 1, 2, 3],
-        "set": {"unet.iterations": 4, "unet.val_every": 4, "data.split.test": 0.0},  # no test pass: short trials
+        "set": {"unet.iterations": 160, "unet.val_every": 40, "data.split.test": 0.0},  # no test pass; long enough to overlap
         "objective": {"metric": "val/iou", "mode": "max"}, "scheduler": {"type": "none"},
         "budget": {"samples_per_arm": 1, "max_concurrent": 4, "max_failures": 0},
         "resources": {"cpu": 0.5, "gpu": 0.25},  # 2 CPUs / 0.5 and 1 GPU / 0.25: room for 4 at once
