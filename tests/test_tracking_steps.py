@@ -15,7 +15,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 from report_fixtures import fresh_uri
 
-from liverlab.tracking.writer import open_sweep_run, open_trial_run
+from liverlab.tracking.recovery import reopen_run
+from liverlab.tracking.writer import open_run, open_sweep_run, open_trial_run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,6 +70,25 @@ def test_a_restored_trial_does_not_log_its_steps_again(sweep: tuple[str, str, st
     # A key the run did not have is logged whole.
     assert _history(uri, run_id, "val/dice") == [(s, s / 10) for s in range(3, 9)]
     assert again.skipped == 4 + 2
+
+
+def test_a_resumed_train_run_does_not_log_its_steps_again(tmp_path: Path) -> None:
+    """`liverlab train` continues its own run (reopen_run): the metrics that reached the store before
+    a SIGTERM can be newer than the checkpoint the resume starts from (validation at 12, checkpoint at 8)."""
+    uri = fresh_uri(tmp_path)
+    first = open_run(uri, "tiny")
+    for step in (4, 8, 12):
+        first.log_metrics({"val/iou": step / 100}, step=step)
+    first.finish("KILLED")
+
+    again = reopen_run(uri, first.run_id)
+    assert again is not None and again.run_id == first.run_id
+    for step in (12, 16):  # the resume reruns step 12 from the checkpoint at 8
+        again.log_metrics({"val/iou": 0.5 + step / 100}, step=step)
+    again.finish()
+    _assert_no_step_twice(uri, first.run_id)
+    assert _history(uri, first.run_id, "val/iou") == [(4, 0.04), (8, 0.08), (12, 0.12), (16, 0.66)]
+    assert again.skipped == 1
 
 
 def test_a_reused_translators_figures_are_logged_once(sweep: tuple[str, str, str]) -> None:

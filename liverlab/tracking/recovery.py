@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from liverlab.tracking.client import client_for, retry_locked
-from liverlab.tracking.writer import ATTEMPT_TAG, ERROR_TAG, MlflowTracker, set_run_tags
+from liverlab.tracking.writer import ATTEMPT_TAG, ERROR_TAG, MlflowTracker, last_steps, set_run_tags
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,12 @@ def finish_quietly(tracker: Any, status: str, error: str | None = None) -> bool:
 
 
 def reopen_run(uri: str, run_id: str) -> MlflowTracker | None:
-    """A tracker on an existing run, set back to RUNNING (None when the run is gone)."""
+    """A tracker on an existing run, set back to RUNNING (None when the run is gone).
+
+    Like a resumed trial, the tracker drops points at steps the run already
+    holds: the checkpoint a resume starts from can be older than the last
+    metrics that reached the store before the stop.
+    """
     from mlflow.exceptions import MlflowException
 
     client = client_for(uri)
@@ -162,4 +167,6 @@ def reopen_run(uri: str, run_id: str) -> MlflowTracker | None:
         retry_locked(client.delete_tag, run_id, ERROR_TAG)
     retry_locked(client.update_run, run_id, status="RUNNING")
     set_run_tags(client, run_id, {ATTEMPT_TAG: attempt})
-    return MlflowTracker(client, run_id, existing_params=run.data.params, attempt=attempt)
+    return MlflowTracker(
+        client, run_id, existing_params=run.data.params, last_steps=last_steps(run), attempt=attempt
+    )

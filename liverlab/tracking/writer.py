@@ -186,7 +186,7 @@ def open_sweep_run(uri: str, sweep_name: str, tags: Mapping[str, str]) -> tuple[
     return exp_id, run.info.run_id
 
 
-def _last_steps(run: Any) -> dict[str, int]:
+def last_steps(run: Any) -> dict[str, int]:
     """Per metric key, the highest step ``run`` (an MLflow ``Run``) holds.
 
     A run's latest metrics are its points with the highest (step, timestamp,
@@ -236,7 +236,7 @@ def open_trial_run(
         # send (MlflowTracker.superseded), so at most a send already past its check lands later.
         run = retry_locked(client.get_run, run_id)
         return MlflowTracker(
-            client, run_id, existing_params=run.data.params, last_steps=_last_steps(run), attempt=attempt
+            client, run_id, existing_params=run.data.params, last_steps=last_steps(run), attempt=attempt
         )
     run = retry_locked(
         client.create_run, experiment_id, tags={k: str(v) for k, v in all_tags.items()}, run_name=run_name
