@@ -30,7 +30,7 @@ that tests better than the grid's validation winner).
 
     python benchmarks/bench_search.py [--size smoke|medium|full] [--smoke] [--out DIR]
         [--strategies grid,random,tpe,tpe_asha] [--budgets 0.25,0.5,1] [--repeats 3]
-        [--grace 1] [--rf 2] [--tpe-startup N] [--metric val/iou] [--summary-only]
+        [--grace N] [--rf 2] [--tpe-startup N] [--metric val/iou] [--summary-only]
 
 Resumable: every (strategy, budget, repeat) writes ``results/<run>.json`` when
 it finishes; a rerun skips finished runs and repeats an interrupted one.
@@ -209,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--strategies", help=f"comma list of {', '.join(STRATEGIES)} (default: the size's)")
     ap.add_argument("--budgets", help="comma list of fractions of the grid's compute (default: the size's)")
     ap.add_argument("--repeats", type=int, help="search seeds per strategy and budget (default: the size's)")
-    ap.add_argument("--grace", type=int, default=1, help="ASHA grace period, in rounds (liverlab's default 1)")
+    ap.add_argument("--grace", type=int,
+                    help="ASHA grace period, in rounds (default: liverlab's, a third of max_t: 2 at the full size)")
     ap.add_argument("--rf", type=float, default=2.0, help="ASHA reduction factor (liverlab's default 2)")
     ap.add_argument("--tpe-startup", type=int, help="TPE n_startup_trials (default: liverlab's, Optuna's 10)")
     ap.add_argument("--metric", default="val/iou", help="objective: ASHA, TPE and the final pick (default val/iou)")
@@ -218,6 +219,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     size_name = "smoke" if args.smoke else args.size
     size = SIZES[size_name]
+    if args.grace is None:  # liverlab's default, named in the run's file stem (g2 at the full size)
+        from liverlab.sweep.space import default_grace
+
+        args.grace = default_grace(size.iterations // size.val_every)
     out = Path(args.out or REPO / "runs" / "bench-search" / size_name).resolve()
     strategies = args.strategies.split(",") if args.strategies else list(size.strategies)
     budgets = [float(b) for b in args.budgets.split(",")] if args.budgets else list(size.budgets)

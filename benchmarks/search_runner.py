@@ -157,9 +157,10 @@ def make_search(loaded: Any, strategy: str, seed: int, tpe_startup: int | None) 
         return inner, FIFOScheduler(), []
     max_t = loaded.max_t(loaded.config(loaded.arms()[0], 0))
     # As liverlab/sweep/runner.py builds it (stop_last_trials=False: a trial at max_t finishes its test).
-    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=sch.grace_period,
+    grace = loaded.grace_period(loaded.config(loaded.arms()[0], 0))
+    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_t, grace_period=grace,
                               reduction_factor=sch.reduction_factor, stop_last_trials=False)
-    return inner, scheduler, asha_rungs(max_t, sch.grace_period, sch.reduction_factor)
+    return inner, scheduler, asha_rungs(max_t, grace, sch.reduction_factor)
 
 
 def run_tune(loaded: Any, name: str, strategy: str, seed: int, rounds: float, out: Path, opts: Any) -> dict[str, Any]:

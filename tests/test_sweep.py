@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -60,6 +61,23 @@ def test_dry_run_prints_the_plan_and_runs_nothing(tmp_path, phantom_root, capsys
     assert "unet.optim.lr ~ float[0.0001, 0.01] log" in out
     assert "trials: 4" in out
     assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize(("max_t", "grace"), [(1, 1), (2, 1), (3, 1), (6, 2), (15, 5), (20, 7)])
+def test_default_asha_grace_period_is_a_third_of_max_t(max_t, grace):
+    from liverlab.sweep.space import default_grace
+
+    assert default_grace(max_t) == grace
+
+
+def test_dry_run_shows_the_asha_grace_period_in_use(tmp_path, phantom_root, capsys):
+    # 24 U-Net iterations validated every 4: max_t 6, default grace period 2; a grace period in the space wins.
+    for scheduler, shown in (({"type": "asha"}, "(max_t 6, grace 2, "), ({"type": "asha", "grace_period": 3},
+                                                                        "(max_t 6, grace 3, ")):
+        space = _write_space(tmp_path, phantom_root, "graced", scheduler=scheduler,
+                             set={"unet.iterations": 24, "unet.val_every": 4})
+        assert main(["sweep", str(space), "--dry-run", "--storage", str(tmp_path / "s")]) == 0
+        assert shown in capsys.readouterr().out
 
 
 def test_unknown_key_in_space_names_file_and_key(tmp_path, phantom_root, capsys):
@@ -148,7 +166,20 @@ def test_a_failing_trial_is_recorded_failed_and_others_finish(tmp_path, phantom_
     assert parent.info.status == "FINISHED"
 
 
-def test_sigkill_of_the_driver_resumes_with_one_run_per_trial(tmp_path, phantom_root):
+def _state_names_a_checkpoint(sweep_dir: Path) -> bool:
+    """Tune's newest saved experiment state names a trial checkpoint (a restore would read it)."""
+    states = sorted(sweep_dir.glob("experiment_state-*.json"), key=lambda p: p.stat().st_mtime)
+    try:
+        return bool(states) and "checkpoint_0" in states[-1].read_text()
+    except OSError:  # being replaced
+        return False
+
+
+@pytest.mark.parametrize("checkpoints", ["kept", "lost"])
+def test_sigkill_of_the_driver_resumes_with_one_run_per_trial(tmp_path, phantom_root, checkpoints):
+    """``lost``: the checkpoints Tune's saved state names are gone, as when ``num_to_keep`` deleted them
+    after the last state save and before a ``kill -9`` (issue 21). Ray refuses such a restore before
+    the trial starts; the resume runs the slot again from the start, and its old run is marked replaced."""
     space = _write_space(tmp_path, phantom_root, "killed", arms={"unet.model.norm": ["batch", "instance"]},
                          set={"unet.iterations": 160, "unet.val_every": 4})
     storage = tmp_path / "s"
@@ -157,23 +188,38 @@ def test_sigkill_of_the_driver_resumes_with_one_run_per_trial(tmp_path, phantom_
     # Own session: SIGKILL reaches the driver and the Ray processes it started, nothing else.
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    def ready() -> bool:
+        found = list(storage.glob("killed/*/checkpoint_0*"))
+        return bool(found) and (checkpoints == "kept" or _state_names_a_checkpoint(storage / "killed"))
+
     deadline = time.time() + 240
-    while time.time() < deadline and not list(storage.glob("killed/*/checkpoint_0*")):
+    while time.time() < deadline and not ready():
         assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
         time.sleep(0.5)
-    assert list(storage.glob("killed/*/checkpoint_0*")), "no trial reported a checkpoint in time"
+    assert ready(), "no trial reported a checkpoint in time"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     time.sleep(2)
+    if checkpoints == "lost":
+        for ckpt in storage.glob("killed/*/checkpoint_0*"):
+            shutil.rmtree(ckpt)
 
     resumed = subprocess.run(cmd + ["--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    _, parent, children = _runs(storage / "killed")
+    client, parent, every = _runs(storage / "killed")
+    replaced = [c for c in every if "liverlab.replaced_by" in c.data.tags]
+    children = [c for c in every if "liverlab.replaced_by" not in c.data.tags]
     assert len(children) == 2, [c.data.tags.get("liverlab.trial_id") for c in children]
     assert len({c.data.tags["liverlab.trial_id"] for c in children}) == 2
     assert all(c.info.status == "FINISHED" for c in children), [
         (c.info.status, c.data.tags.get("liverlab.error")) for c in children] + [resumed.stdout[-2000:]]
     assert parent.info.status == "FINISHED"
+    ids = {c.info.run_id for c in children}
+    assert all(r.info.status == "KILLED" and r.data.tags["liverlab.replaced_by"] in ids for r in replaced)
+    if checkpoints == "lost":
+        assert replaced, [(c.info.status, c.data.tags.get("liverlab.trial_id")) for c in every]
+        assert "lost before they could run" in resumed.stdout + resumed.stderr, resumed.stdout[-3000:]
 
 
 def test_exit_code_is_non_zero_when_every_trial_failed(tmp_path, phantom_root, ray_session):

@@ -156,12 +156,16 @@ class SweepSession:
     # -- endings
     def finished_slots(self) -> set[tuple[str, int, int]]:
         """Slots with a FINISHED (not replaced) child run in MLflow."""
+        return self.slots_with("FINISHED")
+
+    def slots_with(self, status: str) -> set[tuple[str, int, int]]:
+        """Slots with a (not replaced) child run in MLflow whose status is ``status``."""
         from liverlab.tracking.recovery import slot_runs
 
         if not (self.uri and self.experiment_id and self.parent_run_id):
             return set()
         runs = slot_runs(self.uri, self.experiment_id, self.parent_run_id)
-        return {r["slot"] for r in runs if r["status"] == "FINISHED" and r["slot"] and not r["replaced_by"]}
+        return {r["slot"] for r in runs if r["status"] == status and r["slot"] and not r["replaced_by"]}
 
     def _progress(self) -> str:
         try:

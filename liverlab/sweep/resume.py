@@ -9,6 +9,16 @@ printing the table (see ``liverlab.sweep.plan`` for the rules):
   ones), then a fresh Tuner over the planned slots that have no FINISHED run
   and were not run just now. Broken state is set aside first, with a warning,
   and the plan is rebuilt from ``liverlab_sweep.json`` and MLflow.
+
+A restored trial that ended in an error while its own run did not fail was
+*lost*, not failed: its code never ran to an error of its own. The usual
+cause is a checkpoint Tune's state still names but which is gone from the
+storage (``CheckpointConfig(num_to_keep)`` deletes older checkpoints on
+every report, and the state saved before a ``kill -9`` of the driver can
+name one of them; Ray then refuses the restore with "does not exist on
+storage anymore" before the trial starts). Such a slot is run again from the
+start under a new trial id; its old run is marked replaced. A trial whose run
+FAILED (its code raised) is not run again.
 """
 
 from __future__ import annotations
@@ -56,9 +66,27 @@ def fit_all(
     if any(s is None for s in slots):
         return results  # a sweep started before slots were recorded: Tune's restore is all there is
     planned = planned_slots(loaded)
-    missing = missing_slots(planned, session.finished_slots(), [s for s in slots if s is not None])
+    errored = {slot_of(r.config) for r in results if r.error is not None}
+    lost = errored - session.slots_with("FAILED") if errored else set()
+    attempted = [s for s in slots if s is not None and s not in lost]
+    missing = missing_slots(planned, session.finished_slots(), attempted)
     if missing:
+        n_lost = sum(s in lost for s in missing)
+        why = (f" ({n_lost} of them were restored but lost before they could run: "
+               f"{_first_error(results, lost)})" if n_lost else "")
         say(f"liverlab: {len(missing)} of {len(planned)} planned trials have no finished run and were not "
-            "in the restored state: running them")
+            f"run to an end from the restored state{why}: running them from the start")
+        # A lost trial's errored result is replaced by its new attempt (its run too: recovery.replace_slot_runs).
+        results = [r for r in results if not (r.error is not None and slot_of(r.config) in lost)]
         results += session.fit(fresh(missing))
     return results
+
+
+def _first_error(results: list[Any], lost: set[Slot | None]) -> str:
+    """The first line of the first lost trial's error, shortened (for the one line the user reads)."""
+    for r in results:
+        if r.error is not None and slot_of(r.config) in lost:
+            lines = [line.strip() for line in str(r.error).splitlines() if line.strip()]
+            text = next((line for line in lines if "does not exist" in line), lines[-1] if lines else "error")
+            return text if len(text) <= 160 else text[:157] + "..."
+    return "error"

@@ -87,7 +87,7 @@ def dry_run_text(loaded: LoadedSpace) -> str:
         f"  seeds: {s.seeds}",
         f"  samples per arm and seed: {s.budget.samples_per_arm}",
         "  objective: " + ", ".join(f"{o.metric} ({o.mode})" for o in s.objectives),
-        f"  scheduler: {s.scheduler.type}" + (f" (max_t {loaded.max_t(cfg)}, grace {s.scheduler.grace_period}, "
+        f"  scheduler: {s.scheduler.type}" + (f" (max_t {loaded.max_t(cfg)}, grace {loaded.grace_period(cfg)}, "
                                                f"reduction {s.scheduler.reduction_factor:g})"
                                                if s.scheduler.type == "asha" else ""),
         f"  resources per trial: {s.resources.cpu:g} CPU, {s.resources.gpu:g} GPU; "
@@ -225,7 +225,7 @@ def _run_sweep(opts: SweepOptions, session: Any) -> int:
             # report, before its test evaluation and best.pt; the trial ends by itself after it.
             scheduler: Any = ASHAScheduler(
                 time_attr="training_iteration", max_t=loaded.max_t(first),
-                grace_period=s.scheduler.grace_period, reduction_factor=s.scheduler.reduction_factor,
+                grace_period=loaded.grace_period(first), reduction_factor=s.scheduler.reduction_factor,
                 stop_last_trials=False,
             )
         else:
