@@ -156,16 +156,19 @@ class SweepSession:
     # -- endings
     def finished_slots(self) -> set[tuple[str, int, int]]:
         """Slots with a FINISHED (not replaced) child run in MLflow."""
-        return self.slots_with("FINISHED")
+        return self.slots_by_status().get("FINISHED", set())
 
-    def slots_with(self, status: str) -> set[tuple[str, int, int]]:
-        """Slots with a (not replaced) child run in MLflow whose status is ``status``."""
+    def slots_by_status(self) -> dict[str, set[tuple[str, int, int]]]:
+        """Run status -> the slots with a (not replaced) child run in MLflow of that status (one query)."""
         from liverlab.tracking.recovery import slot_runs
 
         if not (self.uri and self.experiment_id and self.parent_run_id):
-            return set()
-        runs = slot_runs(self.uri, self.experiment_id, self.parent_run_id)
-        return {r["slot"] for r in runs if r["status"] == status and r["slot"] and not r["replaced_by"]}
+            return {}
+        out: dict[str, set[tuple[str, int, int]]] = {}
+        for r in slot_runs(self.uri, self.experiment_id, self.parent_run_id):
+            if r["slot"] and not r["replaced_by"]:
+                out.setdefault(r["status"], set()).add(r["slot"])
+        return out
 
     def _progress(self) -> str:
         try:

@@ -13,8 +13,9 @@ the plan, so before and after ``Tuner.restore``:
    warning, and the sweep is rebuilt from the plan and the MLflow runs.
 2. After the restored trials ran (or at once, when the state was broken),
    :func:`missing_slots` lists the planned slots that have no FINISHED run
-   and were not run by this resume; a fresh Tuner runs exactly those (in the
-   same folder; its state file is the newest from then on).
+   and were not run by this resume (a restored trial that Ray refused before
+   it ran counts as not run: ``liverlab.sweep.resume``); a fresh Tuner runs
+   exactly those (in the same folder; its state file is the newest from then on).
 
 A slot's earlier, unfinished run is then replaced (``liverlab.tracking.recovery``).
 :func:`drop_partial_checkpoints` removes Tune checkpoint folders whose files

@@ -66,10 +66,11 @@ def fit_all(
     if any(s is None for s in slots):
         return results  # a sweep started before slots were recorded: Tune's restore is all there is
     planned = planned_slots(loaded)
+    by_status = session.slots_by_status()
     errored = {slot_of(r.config) for r in results if r.error is not None}
-    lost = errored - session.slots_with("FAILED") if errored else set()
+    lost = errored - by_status.get("FAILED", set())
     attempted = [s for s in slots if s is not None and s not in lost]
-    missing = missing_slots(planned, session.finished_slots(), attempted)
+    missing = missing_slots(planned, by_status.get("FINISHED", set()), attempted)
     if missing:
         n_lost = sum(s in lost for s in missing)
         why = (f" ({n_lost} of them were restored but lost before they could run: "

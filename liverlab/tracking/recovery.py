@@ -26,7 +26,15 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from liverlab.tracking.client import client_for, retry_locked
-from liverlab.tracking.writer import ATTEMPT_TAG, ERROR_TAG, MlflowTracker, last_steps, set_run_tags
+from liverlab.tracking.writer import (
+    ATTEMPT_TAG,
+    ERROR_TAG,
+    MlflowTracker,
+    filter_value,
+    last_steps,
+    search_all,
+    set_run_tags,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,19 +46,8 @@ SLOT_TAGS = ("liverlab.arm", "liverlab.seed", SAMPLE)
 
 def _children(uri: str, experiment_id: str, parent_run_id: str, extra: str = "") -> list[Any]:
     """Every active child run of ``parent_run_id`` (all pages)."""
-    from mlflow.entities import ViewType
-
-    client = client_for(uri)
-    flt = f"tags.`mlflow.parentRunId` = '{parent_run_id}'" + (f" and {extra}" if extra else "")
-    runs: list[Any] = []
-    token: str | None = None
-    while True:
-        page = retry_locked(client.search_runs, [experiment_id], filter_string=flt,
-                            run_view_type=ViewType.ACTIVE_ONLY, max_results=50000, page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
+    flt = f"tags.`mlflow.parentRunId` = {filter_value(parent_run_id)}" + (f" and {extra}" if extra else "")
+    return search_all(client_for(uri), experiment_id, flt)
 
 
 def slot_of_tags(tags: Mapping[str, str]) -> tuple[str, int, int] | None:

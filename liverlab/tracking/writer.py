@@ -100,14 +100,14 @@ def git_tags(repo_dir: str | Path | None = None) -> dict[str, str]:
 # ----------------------------------------------------------------------------- sweep / trial runs
 
 
-def _filter_value(value: str) -> str:
+def filter_value(value: str) -> str:
     """Quote a value for an MLflow filter string (it has no escape for quotes)."""
     if "'" in value:
         raise ValueError(f"value {value!r} contains a single quote; cannot be used in an MLflow filter")
     return f"'{value}'"
 
 
-def _search_all(client: MlflowClient, experiment_id: str, filter_string: str) -> list[Any]:
+def search_all(client: MlflowClient, experiment_id: str, filter_string: str) -> list[Any]:
     """Every active run of ``experiment_id`` matching ``filter_string`` (all pages)."""
     from mlflow.entities import ViewType
 
@@ -171,7 +171,7 @@ def open_sweep_run(uri: str, sweep_name: str, tags: Mapping[str, str]) -> tuple[
     exp_id = get_or_create_experiment(uri, sweep_name)
     found = [
         r
-        for r in _search_all(client, exp_id, f"tags.`liverlab.sweep_key` = {_filter_value(key)}")
+        for r in search_all(client, exp_id, f"tags.`liverlab.sweep_key` = {filter_value(key)}")
         if "mlflow.parentRunId" not in r.data.tags
     ]
     all_tags = {"liverlab.sweep": sweep_name, **tags}
@@ -217,10 +217,10 @@ def open_trial_run(
     """
     client = client_for(uri)
     flt = (
-        f"tags.`mlflow.parentRunId` = {_filter_value(parent_run_id)} "
-        f"and tags.`liverlab.trial_id` = {_filter_value(trial_id)}"
+        f"tags.`mlflow.parentRunId` = {filter_value(parent_run_id)} "
+        f"and tags.`liverlab.trial_id` = {filter_value(trial_id)}"
     )
-    found = _search_all(client, experiment_id, flt)
+    found = search_all(client, experiment_id, flt)
     attempt = uuid.uuid4().hex  # this attempt owns the run from now on (see MlflowTracker.superseded)
     all_tags = {**tags, "liverlab.trial_id": trial_id, "mlflow.parentRunId": parent_run_id, ATTEMPT_TAG: attempt}
     commit = all_tags.get("liverlab.git_commit")
@@ -270,8 +270,8 @@ def finish_sweep_run(
         raise ValueError(f"statuses must be in {TERMINAL_STATUSES}")
     client = client_for(uri)
     parent = retry_locked(client.get_run, parent_run_id)
-    flt = f"tags.`mlflow.parentRunId` = {_filter_value(parent_run_id)} and attributes.status = 'RUNNING'"
-    for child in _search_all(client, parent.info.experiment_id, flt):
+    flt = f"tags.`mlflow.parentRunId` = {filter_value(parent_run_id)} and attributes.status = 'RUNNING'"
+    for child in search_all(client, parent.info.experiment_id, flt):
         retry_locked(client.set_terminated, child.info.run_id, child_status)
     retry_locked(client.set_terminated, parent_run_id, status)
 
