@@ -7,12 +7,21 @@ import pytest
 import torch
 
 from liverlab.config import AugmentConfig, config_from_dict
-from liverlab.data.augment import FLIP_AXES, INTENSITY_OPS, Augment, RandomRange, bias_field, gaussian_blur
+from liverlab.data.augment import (
+    FLIP_AXES,
+    INTENSITY_OPS,
+    Augment,
+    RandomRange,
+    bias_field,
+    gaussian_blur,
+    random_conv,
+)
 from liverlab.data.phantoms import make_patient
 from liverlab.data.preprocess import normalise
 from liverlab.errors import LiverlabError
 
 ALWAYS = {  # every op fires, with a fixed non-trivial strength
+    "random_conv": RandomRange(1.0, 0.7, 0.7),
     "blur": RandomRange(1.0, 0.8, 0.8),
     "bias_field": RandomRange(1.0, 0.3, 0.3),
     "brightness": RandomRange(1.0, 1.2, 1.2),
@@ -156,7 +165,8 @@ def test_intensity_known_answers() -> None:
 
 @pytest.mark.parametrize(
     "op,neutral",
-    [("gamma", 1.0), ("brightness", 1.0), ("contrast", 1.0), ("bias_field", 0.0), ("noise", 0.0), ("blur", 0.0)],
+    [("gamma", 1.0), ("brightness", 1.0), ("contrast", 1.0), ("bias_field", 0.0), ("noise", 0.0), ("blur", 0.0),
+     ("random_conv", 0.0)],
 )
 def test_neutral_strength_is_identity(liver_slice: tuple[torch.Tensor, torch.Tensor], op: str, neutral: float) -> None:
     image, mask = liver_slice
@@ -179,6 +189,21 @@ def test_bias_field_is_smooth_positive_and_bounded() -> None:
     noise_tv = float(torch.randn(8, 1, h, w, generator=g).diff(dim=2).abs().mean())
     assert float(field.diff(dim=2).abs().mean()) < noise_tv / 50  # far smoother than noise
     assert torch.equal(bias_field(2, h, w, torch.zeros(2), g), torch.ones(2, 1, h, w))
+
+
+def test_random_conv_blends_a_full_range_random_net_and_can_reorder_tissues() -> None:
+    u = torch.full((1, 2, 32, 32), 0.2)
+    u[..., 16:] = 0.8  # two tissues; channel 1 equals channel 0 (a 2.5D stack)
+    full = random_conv(u, torch.ones(1), torch.Generator().manual_seed(3))
+    half = random_conv(u, torch.full((1,), 0.5), torch.Generator().manual_seed(3))  # the same net
+    assert float(full.min()) == 0.0 and float(full.max()) == 1.0  # the net's output rescaled to [0, 1]
+    torch.testing.assert_close(half, 0.5 * full + 0.5 * u)  # blend weight 0.5, known answer
+    assert torch.equal(full[:, 0], full[:, 1])  # every channel through the same net
+    flips = 0
+    for seed in range(20):
+        out = random_conv(u[:, :1], torch.ones(1), torch.Generator().manual_seed(seed))
+        flips += int(out[0, 0, 16, 4] > out[0, 0, 16, 28])  # the darker tissue came out brighter
+    assert 0 < flips < 20  # non-monotone: tissue order is sometimes kept, sometimes reversed
 
 
 def test_air_stays_air_and_noise_has_its_std() -> None:
@@ -225,7 +250,7 @@ def test_slices_no_op_fires_on_are_untouched() -> None:
 
 def test_config_defaults_on_and_validated() -> None:
     aug = Augment.from_config(AugmentConfig(), seed=0)
-    assert set(aug.intensity) == set(INTENSITY_OPS)
+    assert set(aug.intensity) == set(INTENSITY_OPS) - {"random_conv"}  # GIN is opt-in
     assert AugmentConfig().gamma.range == (0.5, 2.0)
     off = Augment.from_config(AugmentConfig(**{op: {"p": 0.0, "range": [1.0, 1.0]} for op in INTENSITY_OPS}))
     assert off.intensity == {}

@@ -24,6 +24,7 @@ class RandomRangeConfig(_Strict):
 
 #: Intensity ops: (smallest allowed lo, largest allowed hi, what the strength means).
 _INTENSITY_LIMITS = {
+    "random_conv": (0.0, 1.0, "blend weight of a random shallow network's output (GIN), in [0, 1]"),
     "gamma": (0.0, 10.0, "exponent on [0, 1]-rescaled intensities, in (0, 10]"),
     "contrast": (0.0, 10.0, "factor about the slice mean, in (0, 10]"),
     "brightness": (0.0, 10.0, "multiplicative factor, in (0, 10]"),
@@ -49,6 +50,8 @@ class AugmentConfig(_Strict):
     scale: float = Field(0.1, ge=0.0, lt=1.0)
     # gamma wider and more often than nnU-Net's (p 0.3, [0.7, 1.5]), measured on held-out CHAOS MR
     # (tests/test_robustness.py)
+    # GIN (Ouyang et al. 2022): off by default; docs/chaos.md measures it on the dark-liver patient
+    random_conv: RandomRangeConfig = RandomRangeConfig(p=0.0, range=(0.0, 1.0))
     gamma: RandomRangeConfig = RandomRangeConfig(p=0.5, range=(0.5, 2.0))
     contrast: RandomRangeConfig = RandomRangeConfig(p=0.15, range=(0.75, 1.25))
     brightness: RandomRangeConfig = RandomRangeConfig(p=0.15, range=(0.75, 1.25))
@@ -66,7 +69,9 @@ class AugmentConfig(_Strict):
                     f"(got {raw['flip']!r}; the old true flipped anterior-posterior)"
                 )
             if "intensity" in raw:
-                raise ValueError("intensity was removed: use contrast / brightness / gamma / bias_field / noise / blur")
+                raise ValueError(
+                    "intensity was removed: use contrast / brightness / gamma / bias_field / noise / blur / random_conv"
+                )
             # `--set unet.augment.gamma.p=0` alone: the op's other field keeps its default
             raw = dict(raw)
             for name in _INTENSITY_LIMITS:

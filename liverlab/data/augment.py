@@ -20,6 +20,17 @@ its strength uniformly from ``(lo, hi)`` (a ``RandomRange``). They work on
 ``u = (image + 1) / 2`` in [0, 1], where air (image -1) is u = 0, in this
 order:
 
+- ``random_conv``: GIN, global intensity non-linear augmentation (Ouyang et
+  al., IEEE TMI 2022, proposed for cross-modality abdominal segmentation on
+  CHAOS): the slice goes through a fresh random shallow network (4 conv
+  layers of width 2, kernels 1 or 3 px drawn per layer, N(0, 1) weights and
+  biases, LeakyReLU 0.2 between), its output is rescaled to [0, 1] and
+  blended with the slice, the drawn value the blend weight (0 = unchanged).
+  Unlike the ops below it can reorder tissue intensities (a dark liver next
+  to a bright one), so the segmenter must lean on shape and context. The
+  paper renormalises by the Frobenius norm of z-scored input; liverlab's
+  inputs have a fixed range, so min-max rescaling takes its place. Every
+  channel of a 2.5D stack goes through the same network.
 - ``blur``: Gaussian blur, sigma in pixels.
 - ``bias_field``: multiply by a smooth positive field ``exp(s * g)``, ``g``
   a random cubic polynomial in (row, column) scaled to max ``|g|`` = 1, ``s``
@@ -59,7 +70,7 @@ FILL = -1.0
 FLIP_AXES: dict[str, int] = {"left_right": -2, "anterior_posterior": -1}
 
 #: Intensity operations in the order they are applied.
-INTENSITY_OPS = ("blur", "bias_field", "brightness", "contrast", "gamma", "noise")
+INTENSITY_OPS = ("random_conv", "blur", "bias_field", "brightness", "contrast", "gamma", "noise")
 
 
 @dataclass(frozen=True)
@@ -108,6 +119,33 @@ def gaussian_blur(u: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(F.pad(out, (0, 0, radius, radius), mode="reflect"), k.view(1, 1, -1, 1))
 
 
+def random_conv(u: torch.Tensor, alpha: torch.Tensor, generator: torch.Generator | None = None,
+                layers: int = 4, width: int = 2) -> torch.Tensor:
+    """GIN on (n, C, H, W) in [0, 1]: ``alpha * net(u) + (1 - alpha) * u``, one random net per slice.
+
+    ``net(u)`` is rescaled to [0, 1] over the slice (all channels together); a
+    constant output counts as 0. ``alpha`` is (n,); 0 returns ``u`` exactly.
+    """
+    n, c, h, w = u.shape
+    out = []
+    for i in range(n):
+        x = u[i].reshape(c, 1, h, w)  # channels as a batch: the same net for every channel
+        for layer in range(layers):
+            cin = 1 if layer == 0 else width
+            cout = 1 if layer == layers - 1 else width
+            k = 3 if bool(torch.rand(1, generator=generator) < 0.5) else 1
+            weight = torch.randn(cout, cin, k, k, generator=generator)
+            bias = torch.randn(cout, generator=generator)
+            x = F.conv2d(F.pad(x, (k // 2,) * 4, mode="replicate") if k > 1 else x, weight, bias)
+            if layer < layers - 1:
+                x = F.leaky_relu(x, 0.2)
+        lo, hi = x.amin(), x.amax()
+        x = (x - lo) / (hi - lo) if float(hi - lo) > 1e-6 else torch.zeros_like(x)
+        a = float(alpha[i])
+        out.append(u[i] if a == 0.0 else (a * x.reshape(c, h, w) + (1.0 - a) * u[i]).clamp(0.0, 1.0))
+    return torch.stack(out)
+
+
 class Augment:
     """Random anatomical flips, rotation, scaling and intensity ops for (image, mask).
 
@@ -126,6 +164,7 @@ class Augment:
         rotate_degrees: float = 0.0,
         scale: float = 0.0,
         *,
+        random_conv: RandomRange | None = None,
         blur: RandomRange | None = None,
         bias_field: RandomRange | None = None,
         brightness: RandomRange | None = None,
@@ -144,8 +183,8 @@ class Augment:
         self.flip = tuple(dict.fromkeys(flip))
         self.rotate_degrees = float(rotate_degrees)
         self.scale = float(scale)
-        ops = {"blur": blur, "bias_field": bias_field, "brightness": brightness, "contrast": contrast}
-        ops |= {"gamma": gamma, "noise": noise}
+        ops = {"random_conv": random_conv, "blur": blur, "bias_field": bias_field, "brightness": brightness}
+        ops |= {"contrast": contrast, "gamma": gamma, "noise": noise}
         for name, op in ops.items():
             if op is not None and name in ("brightness", "contrast", "gamma") and op.lo <= 0:
                 raise ValueError(f"{name} factors must be > 0, got {op}")
@@ -238,7 +277,9 @@ class Augment:
                 continue
             v = value.view(n, 1, 1, 1)
             sel = on.view(n, 1, 1, 1)
-            if name == "blur":
+            if name == "random_conv":
+                u = random_conv(u, torch.where(on, value, torch.zeros_like(value)), self.generator)
+            elif name == "blur":
                 u = torch.stack([gaussian_blur(u[i : i + 1], float(value[i]))[0] if on[i] else u[i] for i in range(n)])
             elif name == "bias_field":
                 field = bias_field(n, h, w, torch.where(on, value, torch.zeros_like(value)), self.generator)
