@@ -384,3 +384,20 @@ def test_pool_folds_warns_about_missing_and_repeated_patients() -> None:
     assert "seed 0: patient(s) p1 tested in more than one fold" in text
     assert "seed 1: fold(s) 0 of 2 missing" in text
     assert "seed 1: patient(s) p1 tested in other units but not here" in text
+
+
+def test_arms_sharing_a_synthesis_get_distinct_line_styles() -> None:
+    from liverlab.report.figures import _line_styles
+
+    arms_ = ["essnet.generator.upsample=nearest,synthesis=cyclegan",
+             "essnet.generator.upsample=nearest,synthesis=essnet",
+             "essnet.generator.upsample=transpose,synthesis=cyclegan",
+             "essnet.generator.upsample=transpose,synthesis=essnet"]
+    styles = _line_styles(arms_)
+    assert len(set(styles)) == 4
+    # the colour still says the synthesis: same kind, same colour, another line style
+    assert styles[0][0] == styles[2][0] != styles[1][0] == styles[3][0]
+    assert (styles[0][1], styles[2][1]) == ("-", "--")
+    # one arm per synthesis: every line solid, colours distinct
+    single = _line_styles(["synthesis=none", "synthesis=cyclegan", "synthesis=essnet"])
+    assert [ls for _, ls in single] == ["-", "-", "-"] and len({c for c, _ in single}) == 3

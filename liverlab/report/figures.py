@@ -64,6 +64,21 @@ def _color(key: str | None, i: int) -> str:
     return _COLORS.get(key or "", _FALLBACK[i % len(_FALLBACK)])
 
 
+_LINESTYLES = ("-", "--", ":", "-.")
+
+
+def _line_styles(arms: list[str]) -> list[tuple[str, str]]:
+    """(colour, line style) per arm: the colour says the synthesis, the line style tells apart
+    arms that share it (e.g. two upsamplings of one translator kind)."""
+    used: dict[str, int] = {}
+    out = []
+    for i, arm in enumerate(arms):
+        c = _color(arm_factors(arm).get("synthesis"), i)
+        out.append((c, _LINESTYLES[used.get(c, 0) % len(_LINESTYLES)]))
+        used[c] = used.get(c, 0) + 1
+    return out
+
+
 def _factor_col(df: pl.DataFrame, param: str, factor: str) -> pl.Series:
     """``param.<param>`` where logged, else the arm factor ``factor`` parsed from the arm string."""
     from_arm = pl.Series([arm_factors(a).get(factor) for a in df["arm"].to_list()], dtype=pl.String)
@@ -197,7 +212,8 @@ def learning_curves(hist: pl.DataFrame, runs: pl.DataFrame, path: Path, key: str
     if h.height == 0:
         raise SkipFigure(f"no {key} history")
     fig, ax = _figure()
-    for i, (arm, group) in enumerate(sorted(h.group_by("arm"), key=lambda kv: str(kv[0][0]))):
+    groups = sorted(h.group_by("arm"), key=lambda kv: str(kv[0][0]))
+    for (arm, group), (c, ls) in zip(groups, _line_styles([str(a[0]) for a, _ in groups])):
         steps, means, los, his = [], [], [], []
         for (step,), g in sorted(group.group_by("step"), key=lambda kv: kv[0][0]):
             y = g["value"].to_numpy()
@@ -206,9 +222,8 @@ def learning_curves(hist: pl.DataFrame, runs: pl.DataFrame, path: Path, key: str
             lo, hi = t_interval(y)
             los.append(lo)
             his.append(hi)
-        c = _color(arm_factors(arm[0]).get("synthesis"), i)
         n = group["run_id"].n_unique()
-        ax.plot(steps, means, color=c, label=f"{arm_label(arm[0])} (n={n})")
+        ax.plot(steps, means, color=c, ls=ls, label=f"{arm_label(arm[0])} (n={n})")
         lo_a, hi_a = np.array(los), np.array(his)
         ok = ~np.isnan(lo_a)
         ax.fill_between(np.array(steps)[ok], lo_a[ok], hi_a[ok], color=c, alpha=0.2)
