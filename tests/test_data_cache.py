@@ -11,7 +11,7 @@ from data_helpers import tiny_phantoms
 from liverlab.data.cache import load_slices
 from liverlab.data.manifest import assign_splits, read_manifest
 from liverlab.data.nifti import load_volume
-from liverlab.data.preprocess import normalise, select_slices
+from liverlab.data.preprocess import normalise, resize_slices, select_slices
 from liverlab.errors import LiverlabError
 
 
@@ -40,6 +40,38 @@ def test_select_slices() -> None:
     some = select_slices(label, 0.25)
     assert len(some) == 4 + 4 and set([5, 6, 7, 8]) <= set(some.tolist())
     assert some.tolist() == sorted(some.tolist())
+
+
+def test_label_resize_known_answer_and_ties() -> None:
+    # A 2 x 2 block in the corner of a 4 x 4 label stays one pixel in the corner at 2 x 2.
+    block = np.zeros((1, 4, 4), np.uint8)
+    block[0, :2, :2] = 1
+    assert resize_slices(block, 2, label=True).tolist() == [[[1, 0], [0, 0]]]
+    # Three of eight columns: output column 1 is exactly half liver (taps 1/8, 3/8 | 3/8, 1/8 of the 2x
+    # antialiased filter). Ties alternate in a checkerboard, so the area stays 3 columns' worth (24 pixels).
+    cols = np.zeros((1, 8, 8), np.uint8)
+    cols[0, :, :3] = 1
+    out = resize_slices(cols, 4, label=True)
+    assert out[0].tolist() == [[1, 0, 0, 0], [1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 0, 0]]
+    assert out.sum() * 4 == cols.sum()
+    # Class values survive (majority class per pixel, not an average of class numbers).
+    multi = np.zeros((1, 4, 4), np.uint8)
+    multi[0, :2, :2], multi[0, 2:, 2:] = 2, 4
+    assert resize_slices(multi, 2, label=True).tolist() == [[[2, 0], [0, 4]]]
+
+
+def test_label_resize_keeps_the_image_pixel_centres() -> None:
+    # A disc centred at (20.3, 41.7) on a 64 x 64 grid, downsampled 2x: in input pixels, output pixel i is
+    # centred at 2i + 0.5. The downsampled disc's centroid must stay where the input's is (nearest-exact
+    # picking, 2i + 1, moved it by half an input pixel in both axes) and keep its area.
+    ii, jj = np.indices((64, 64))
+    disc = (((ii - 20.3) ** 2 + (jj - 41.7) ** 2) <= 12.0**2).astype(np.uint8)[None]
+    small = resize_slices(disc, 32, label=True)
+    centre_in = np.array([ii[disc[0] > 0].mean(), jj[disc[0] > 0].mean()])
+    si, sj = np.nonzero(small[0])
+    centre_out = np.array([2 * si.mean() + 0.5, 2 * sj.mean() + 0.5])
+    assert np.abs(centre_out - centre_in).max() < 0.1
+    assert abs(small.sum() * 4 / disc.sum() - 1.0) < 0.05  # a convex outline loses a little at any threshold
 
 
 def test_slices_range_shapes_and_values(tiny: Path, tmp_path: Path) -> None:

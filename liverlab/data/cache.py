@@ -3,8 +3,9 @@
 ``load_slices`` turns an nnU-Net folder into a ``SliceSet``: axial slices,
 intensity-normalised to [-1, 1] (CT: a HU window; MRI: per-volume
 percentiles), resized in-plane to ``size`` x ``size`` (image bilinear with
-antialiasing, label nearest; or, with ``spacing_mm``, resampled to that pixel
-size and centre-cropped / padded to ``size``; the functions are in
+antialiasing, label by majority class under the same filter; or, with
+``spacing_mm``, resampled to that pixel size and centre-cropped / padded to
+``size``; the functions are in
 ``preprocess.py``), stored as memory-mappable ``.npy`` arrays under
 ``cache_dir/<key>/``. The key is the sha256 of the selected cases' content
 hashes (from the manifest) and every preprocessing setting, so a changed
@@ -58,7 +59,7 @@ __all__ = [
     "select_slices", "spacing_shape", "to_spacing",
 ]
 
-CACHE_VERSION = 2  # bump when preprocessing code changes what a key means
+CACHE_VERSION = 3  # bump when preprocessing code changes what a key means (3: labels by majority, centred)
 META = "meta.json"
 
 

@@ -2,7 +2,8 @@
 
 Intensities: CT is clipped to a HU window, MRI to per-volume percentiles,
 both scaled to [-1, 1] (``normalise``). Slices are resized in-plane to
-``size`` x ``size`` (image bilinear with antialiasing, label nearest;
+``size`` x ``size`` (image bilinear with antialiasing, label by majority
+class under the same filter, so both keep their pixel centres;
 ``resize_slices``), or, with ``spacing_mm``, resampled to that pixel size and
 centre-cropped / padded to ``size`` (``to_spacing``; ``from_spacing`` undoes
 either). ``select_slices`` chooses which z indices are kept. The slice cache
@@ -52,20 +53,48 @@ def display_slice(slice_xy: np.ndarray) -> np.ndarray:
 
 
 def resize_slices(slices: np.ndarray, size: int | tuple[int, int], label: bool, clamp: bool = True) -> np.ndarray:
-    """(n, H, W) -> (n, size, size) (or (n, h, w) for a pair): images bilinear (antialiased), labels nearest."""
+    """(n, H, W) -> (n, size, size) (or (n, h, w) for a pair): images bilinear (antialiased), labels by majority.
+
+    A label is resampled like its image, one channel per class (the share of
+    each class around the output pixel, by the same antialiased bilinear
+    filter), and each pixel takes its majority class, so label and image stay
+    on the same pixel centres. Nearest-neighbour picking does not: 256 -> 128
+    with ``nearest-exact`` takes pixel 2i+1 of the pair {2i, 2i+1}, a shift of
+    half an input pixel against the image in both axes, which a U-Net learns
+    and repeats in every prediction mapped back to the native grid.
+    """
     import torch
     import torch.nn.functional as F
 
     hw = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
     if slices.shape[1:] == hw:
         return np.ascontiguousarray(slices)
-    t = torch.from_numpy(np.ascontiguousarray(slices, dtype=np.float32))[:, None]
-    if label:
-        out = F.interpolate(t, size=hw, mode="nearest-exact")
-        return out[:, 0].round().to(torch.uint8).numpy()
     downsampling = hw[0] < slices.shape[1] or hw[1] < slices.shape[2]
+    if label:
+        return _resize_label(slices, hw, downsampling)
+    t = torch.from_numpy(np.ascontiguousarray(slices, dtype=np.float32))[:, None]
     out = F.interpolate(t, size=hw, mode="bilinear", align_corners=False, antialias=downsampling)
     return (out[:, 0].clamp_(-1.0, 1.0) if clamp else out[:, 0]).numpy()
+
+
+def _resize_label(slices: np.ndarray, hw: tuple[int, int], downsampling: bool) -> np.ndarray:
+    """Majority class per output pixel of each class's resampled share (``resize_slices``), uint8.
+
+    Exact ties (a boundary pixel half liver, common at 2x downsampling) go to
+    the foreground on the even squares of a checkerboard and to the lower
+    class on the odd ones, so neither class grows at the other's expense.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    labels = np.asarray(slices)
+    classes = np.unique(labels)
+    onehot = torch.from_numpy(np.stack([labels == c for c in classes], axis=1).astype(np.float32))
+    share = F.interpolate(onehot, size=hw, mode="bilinear", align_corners=False, antialias=downsampling)
+    ii, jj = np.indices(hw)
+    dither = torch.from_numpy(np.where((ii + jj) % 2 == 0, 1e-4, -1e-4).astype(np.float32))
+    share[:, 1:] += dither  # foreground classes only: class 0 (background) is the reference
+    return classes[share.argmax(1).numpy()].astype(np.uint8)
 
 
 def spacing_shape(shape_xy: tuple[int, int], spacing_xy: tuple[float, float], spacing_mm: float) -> tuple[int, int]:
