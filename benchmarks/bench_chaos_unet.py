@@ -28,6 +28,7 @@ Import the data first (README), or let ``data.import`` do it, then::
 
     python benchmarks/bench_chaos_unet.py --jobs 2              # 6-fold CV, 2 folds at a time
     python benchmarks/bench_chaos_unet.py --folds 0 --iterations 20 --out runs/smoke   # smoke run
+    python benchmarks/bench_chaos_unet.py --out runs/cv --rescore-tta 10,0.1   # trained folds, scored with TTA
 """
 
 from __future__ import annotations
@@ -131,6 +132,57 @@ def run_fold(cfg: ExperimentConfig, workdir: Path) -> dict[str, Any]:
     return result
 
 
+def rescore_fold(workdir: Path, data_dir: Path, tta: str) -> dict[str, Any]:
+    """A trained fold's test patients scored again with test-time augmentation ``tta`` (``D,S``); cached."""
+    from liverlab.infer.commands import _tta_option
+    from liverlab.infer.segment import segment_dataset
+
+    tag = tta.replace(",", "_")
+    done = workdir / f"result_tta_{tag}.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    base = json.loads((workdir / "result.json").read_text())
+    wall0 = time.perf_counter()
+    rows = segment_dataset(workdir / "best.pt", data_dir, workdir / f"predictions_tta_{tag}", split="test",
+                           tta=_tta_option(tta))
+    for row in rows:
+        row["fold"] = base["fold"]
+    result = {"fold": base["fold"], "tta": tta, "rows": rows, "eval_wall_s": time.perf_counter() - wall0,
+              "plain_eval_wall_s": base["eval_wall_s"]}
+    _write_json(done, result)
+    return result
+
+
+def rescore(args: argparse.Namespace, base: ExperimentConfig, folds: list[int], out: Path) -> int:
+    """``--rescore-tta``: every trained fold scored again with TTA, paired per patient against its plain score."""
+    missing = [k for k in folds if not (out / f"fold{k}" / "result.json").is_file()]
+    if missing:
+        print(f"--rescore-tta needs trained folds: {missing} have no {out}/fold<k>/result.json", file=sys.stderr)
+        return 2
+    plain = {r["case_id"]: r for k in folds for r in json.loads((out / f"fold{k}" / "result.json").read_text())["rows"]}
+    results = [rescore_fold(out / f"fold{k}", base.data.mri_dir, args.rescore_tta) for k in folds]
+    rows = [row for r in results for row in r["rows"]]
+    stats = summarise(rows)
+    diffs = [100 * (row["iou"] - plain[row["case_id"]]["iou"]) for row in rows]
+    mean, lo, hi = t_interval(diffs)
+    summary = {"tta": args.rescore_tta, "folds": results, "patients": len(rows), "metrics": stats,
+               "iou_diff_points": {"per_patient": dict(zip([r["case_id"] for r in rows], diffs)),
+                                   "mean": mean, "ci95": [lo, hi], "improved": sum(d > 0 for d in diffs)},
+               "eval_wall_s": sum(r["eval_wall_s"] for r in results),
+               "plain_eval_wall_s": sum(r["plain_eval_wall_s"] for r in results)}
+    tag = args.rescore_tta.replace(",", "_")
+    path = Path(args.json) if args.json else out / f"results_tta_{tag}.json"
+    _write_json(path, summary)
+    table = markdown(rows, stats, f"The same folds scored with test-time augmentation {args.rescore_tta} "
+                                  "(rotation degrees, zoom)")
+    print("\n" + table)
+    print(f"IoU vs the plain score, paired per patient: {mean:+.2f} points (95 % CI {lo:+.2f} to {hi:+.2f}), "
+          f"{summary['iou_diff_points']['improved']} of {len(diffs)} patients higher; evaluation "
+          f"{summary['eval_wall_s']:.0f} s vs {summary['plain_eval_wall_s']:.0f} s plain")
+    print(f"wrote {path}")
+    return 0
+
+
 def _fold_process(k: int, args: argparse.Namespace, sets: list[str], out: Path) -> int:
     """One fold in its own process (``--jobs``): same script, ``--folds k``, its log in OUT/fold<k>/log.txt."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--experiment", args.experiment, "--out", str(out),
@@ -173,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--k", type=int, default=6,
                     help="folds when the experiment sets no data.split.folds (it trains on every patient); default 6")
     ap.add_argument("--loo", action="store_true", help="leave-one-patient-out: as many folds as patients")
+    ap.add_argument("--rescore-tta", metavar="DEGREES,SCALE",
+                    help="no training: score the trained folds of OUT again with test-time augmentation "
+                    "(unet.tta: rotation degrees, zoom; e.g. 10,0.1) and pair each patient with its plain score")
     args = ap.parse_args(argv)
     if args.threads:
         import torch
@@ -192,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
           f"base {u.model.base_features}, {base.data.size}^2, {base.precision}"
           f"{' channels-last' if base.channels_last else ''}", flush=True)
 
+    if args.rescore_tta:
+        return rescore(args, base, folds, out)
     wall0 = time.perf_counter()
     if args.jobs > 1:
         todo = [k for k in folds if not (out / f"fold{k}" / "result.json").is_file()]

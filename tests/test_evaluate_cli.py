@@ -7,6 +7,7 @@ import math
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -242,3 +243,39 @@ def test_table_marks_outliers_and_prints_median_and_worst(phantom_root, tmp_path
     assert main(["evaluate", "--pred", str(label), "--label", str(label), "--json"]) == 0
     same = json.loads(capsys.readouterr().out)
     assert same["n_outliers"] == 0 and same["cases"][0]["flag"] == "" and same["median"]["iou"] == 1.0
+
+
+def _half_liver(ckpt: Path, root: Path) -> None:
+    """Shift the random U-Net's last bias so it calls about half of the test pixels liver (not an empty mask)."""
+    from liverlab.infer.segment import load_unet
+
+    model, cfg = load_unet(ckpt, torch.device("cpu"))
+    slices = tdata.load(cfg, root / "mri", "mri", "test", all_slices=True)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(np.array(slices.images, dtype=np.float32))[:, None])
+    state = common.load_checkpoint(ckpt)
+    last_bias = [k for k, v in state["model"].items() if k.endswith("bias") and v.shape == (2,)][-1]
+    state["model"][last_bias][1] -= float((logits[:, 1] - logits[:, 0]).median())
+    common.atomic_torch_save(state, ckpt)
+
+
+def test_tta_option_and_the_checkpoint_setting_agree(phantom_root, tmp_path, capsys):
+    ckpt, _, _ = _checkpoint(tmp_path / "run" / "best.pt", phantom_root)
+    _half_liver(ckpt, phantom_root)
+    data = str(phantom_root / "mri")
+    plain, _ = _run(capsys, "--checkpoint", str(ckpt), "--data", data, "--out", str(tmp_path / "a"))
+    off, _ = _run(capsys, "--checkpoint", str(ckpt), "--data", data, "--out", str(tmp_path / "b"), "--tta", "off")
+    tta, _ = _run(capsys, "--checkpoint", str(ckpt), "--data", data, "--out", str(tmp_path / "c"), "--tta", "15,0.2")
+    assert off["cases"] == plain["cases"]
+    assert tta["n_cases"] == plain["n_cases"] == 1
+    # The same ensemble from the checkpoint's own unet.tta gives the same numbers as the command-line override.
+    state = common.load_checkpoint(ckpt)
+    state["config"]["unet"]["tta"] = {"rotate_degrees": 15.0, "scale": 0.2}
+    common.atomic_torch_save(state, tmp_path / "tta" / "best.pt")
+    own, _ = _run(capsys, "--checkpoint", str(tmp_path / "tta" / "best.pt"), "--data", data,
+                  "--out", str(tmp_path / "d"))
+    assert own["cases"] == tta["cases"]
+    assert own["cases"] != plain["cases"]  # the ensemble changed the prediction of this (random) U-Net
+    rc = main(["evaluate", "--checkpoint", str(ckpt), "--data", data, "--out", str(tmp_path / "e"), "--tta", "ten"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err and "--tta 'ten'" in err

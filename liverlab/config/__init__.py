@@ -19,7 +19,7 @@ The public names are below; the modules behind them are private:
 from __future__ import annotations
 
 from liverlab._flatten import flatten
-from liverlab.config._augment import AugmentConfig, PostprocessConfig, RandomRangeConfig
+from liverlab.config._augment import AugmentConfig, PostprocessConfig, RandomRangeConfig, TTAConfig
 from liverlab.config._data import (
     ChaosImportConfig,
     DataConfig,
@@ -65,6 +65,7 @@ __all__ = [
     "OptimConfig",
     "PhantomConfig",
     "PostprocessConfig",
+    "TTAConfig",
     "RandomRangeConfig",
     "SegmenterConfig",
     "SplitConfig",

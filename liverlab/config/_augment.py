@@ -96,3 +96,16 @@ class PostprocessConfig(_Strict):
 
     largest_component: bool = Field(True, description="keep the largest 3D component (26-connectivity)")
     fill_holes: bool = Field(True, description="fill holes in each axial slice")
+
+
+class TTAConfig(_Strict):
+    """Test-time augmentation: mean probabilities over rotated and zoomed copies (liverlab/infer/tta.py)."""
+
+    rotate_degrees: float = Field(
+        0.0, ge=0.0, le=45.0, description="copies rotated by -r, 0 and +r degrees (0: no rotation)"
+    )
+    scale: float = Field(0.0, ge=0.0, lt=0.5, description="copies zoomed by 1-s, 1 and 1+s (0: no zoom)")
+
+    @property
+    def enabled(self) -> bool:
+        return self.rotate_degrees > 0 or self.scale > 0

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from liverlab.config._augment import AugmentConfig, PostprocessConfig
+from liverlab.config._augment import AugmentConfig, PostprocessConfig, TTAConfig
 from liverlab.config._base import _Strict
 from liverlab.config._data import DataConfig
 
@@ -157,6 +157,9 @@ class UNetConfig(_Strict):
     mixing_ratio: float = Field(0.0, ge=0.0, le=100.0, description="synthetic / real slices drawn")
     postprocess: PostprocessConfig = Field(
         PostprocessConfig(), description="applied to predicted masks before val/test/evaluate metrics"
+    )
+    tta: TTAConfig = Field(
+        TTAConfig(), description="test-time augmentation for test metrics and evaluate (not val)"
     )
 
     @model_validator(mode="before")

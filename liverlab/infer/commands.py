@@ -59,6 +59,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "its reason and the case / patient counts are printed on every run",
     )
     p.add_argument("--out", help="where predicted masks are written (default <checkpoint dir>/predictions)")
+    p.add_argument(
+        "--tta", metavar="DEGREES,SCALE",
+        help="with --checkpoint: test-time augmentation, the mean over copies rotated by -D, 0, +D degrees and "
+        "zoomed by 1-S, 1, 1+S (e.g. 10,0.1: 9 passes per slice), or `off`; default: the checkpoint's unet.tta",
+    )
     p.add_argument("--json", action="store_true", help="print JSON on stdout instead of a table")
     p.set_defaults(func=_evaluate)
 
@@ -110,7 +115,8 @@ def _evaluate_checkpoint(args: argparse.Namespace) -> tuple[list[dict[str, Any]]
     del state
     out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / "predictions"
     # "unseen" (a dataset sharing some patients) is not a split of the manifest: segment all, keep the unseen.
-    rows = segment_dataset(args.checkpoint, args.data, out, None if choice.split in ("all", "unseen") else choice.split)
+    split = None if choice.split in ("all", "unseen") else choice.split
+    rows = segment_dataset(args.checkpoint, args.data, out, split, tta=_tta_option(args.tta))
     keep = set(choice.cases)
     rows = [{**r, "patient_id": choice.patients[r["case_id"]]} for r in rows if r["case_id"] in keep]
     print(f"predicted masks: {out}", file=sys.stderr)
@@ -118,6 +124,27 @@ def _evaluate_checkpoint(args: argparse.Namespace) -> tuple[list[dict[str, Any]]
             "n_cases": len(rows), "n_patients": len({r["patient_id"] for r in rows}),
             "checkpoint_patients": choice.seen_source, "manifest_match": choice.manifest_match}
     return rows, info
+
+
+def _tta_option(value: str | None) -> Any:
+    """``--tta``: None (the checkpoint's unet.tta), ``off``, or ``DEGREES,SCALE`` as a ``TTAConfig``."""
+    from pydantic import ValidationError
+
+    from liverlab.config import TTAConfig
+
+    if value is None:
+        return None
+    if value.strip().lower() == "off":
+        return TTAConfig()
+    parts = value.split(",")
+    try:
+        if len(parts) != 2:
+            raise ValueError("two numbers")
+        return TTAConfig(rotate_degrees=float(parts[0]), scale=float(parts[1]))
+    except (ValueError, ValidationError) as exc:
+        raise LiverlabError(
+            f"--tta {value!r}: expected DEGREES,SCALE (0-45 degrees, scale 0-0.5, e.g. 10,0.1) or off"
+        ) from exc
 
 
 def evaluation_result(rows: list[dict[str, Any]], info: dict[str, Any]) -> dict[str, Any]:

@@ -4,11 +4,12 @@ Two grids, one rule each:
 
 - **Validation** (``val/*``, every ``unet.val_every`` steps) is computed on the
   training grid: the cached ``data.size`` x ``data.size`` slices and their
-  nearest-resized labels, with the spacing rescaled to that grid
+  resized labels, with the spacing rescaled to that grid
   (``case_metrics``). Fast, and only used to follow and select training.
 - **Test** (``test/*``, ``per_patient.parquet``) and ``liverlab evaluate
   --checkpoint`` are computed on each case's own grid (``native_case_metrics``):
-  predict at training resolution, map the softmax probabilities back to the
+  predict at training resolution (with ``unet.tta``, the mean over rotated and
+  zoomed copies: ``tta.py``), map the softmax probabilities back to the
   volume's in-plane grid (the inverse of the cache's resize or of its
   ``data.spacing_mm`` resampling and crop), argmax, post-process, and compare with the original
   label at the original spacing. The training loop and ``segment_dataset``
@@ -31,9 +32,10 @@ import numpy as np
 import torch
 
 from liverlab import postprocess as post
-from liverlab.config import PostprocessConfig
+from liverlab.config import PostprocessConfig, TTAConfig
 from liverlab.data.atomic import staging_dir, write_with
 from liverlab.errors import LiverlabError
+from liverlab.infer.tta import predict_probs
 from liverlab.train import common
 
 METRICS = ("iou", "dice", "ravd", "assd", "mssd")
@@ -177,6 +179,7 @@ def native_predictions(
     postprocess: PostprocessConfig | None = DEFAULT_POSTPROCESS,
     batch_size: int = 16,
     spacing_mm: float | None = None,
+    tta: TTAConfig | None = None,
 ) -> Iterator[tuple[str, str, np.ndarray, Any]]:
     """``(case_id, patient_id, mask, volume)`` per case of ``slice_set``, the mask on the case's own grid.
 
@@ -186,7 +189,8 @@ def native_predictions(
     of the cache's resize, or of its ``data.spacing_mm`` resampling and crop,
     read from the slice set's cache metadata; ``spacing_mm`` is only used for a
     slice set without one), argmaxed and post-processed; ``volume`` is the
-    case's ``nifti.Volume`` (image, label, spacing, affine).
+    case's ``nifti.Volume`` (image, label, spacing, affine). ``tta``
+    (``unet.tta``) averages the probabilities over augmented copies first.
     """
     from liverlab.data.nifti import load_volume
 
@@ -207,8 +211,8 @@ def native_predictions(
             )
         pred = np.zeros(vol.shape, dtype=np.uint8)
         images = model_inputs(model, slice_set, idx)
-        for part, logits in predict_logits(model, images, device, precision, batch_size):
-            probs = torch.softmax(logits, dim=1).cpu().numpy()
+        for part, probs_t in predict_probs(model, images, device, precision, batch_size, tta):
+            probs = probs_t.cpu().numpy()
             native = to_native(probs, vol.shape[:2], vol.spacing[:2], mm)
             pred[:, :, z[part]] = np.moveaxis(native.argmax(1).astype(np.uint8), 0, -1)
         yield case, slice_set.patient_ids[int(idx[0])], post.apply(pred, postprocess), vol
@@ -223,6 +227,7 @@ def native_case_metrics(
     postprocess: PostprocessConfig | None = DEFAULT_POSTPROCESS,
     which: tuple[str, ...] = METRICS,
     out: str | Path | None = None,
+    tta: TTAConfig | None = None,
 ) -> list[dict[str, Any]]:
     """Test metrics on each case's own grid and spacing (see ``native_predictions``), one row per case.
 
@@ -237,14 +242,16 @@ def native_case_metrics(
         return [
             _row(case, patient, pred, vol.label, vol.spacing, which)
             for case, patient, pred, vol in native_predictions(
-                model, slice_set, data_dir, device, precision, postprocess
+                model, slice_set, data_dir, device, precision, postprocess, tta=tta
             )
         ]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results = []
     with staging_dir(out) as stage:
-        for case, patient, pred, vol in native_predictions(model, slice_set, data_dir, device, precision, postprocess):
+        for case, patient, pred, vol in native_predictions(
+            model, slice_set, data_dir, device, precision, postprocess, tta=tta
+        ):
             save_like(stage / f"{case}.nii.gz", pred, vol)  # the image file's own voxel order and affine
             results.append(_row(case, patient, pred, vol.label, vol.spacing, which))
         for r in results:

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from liverlab.config import config_from_dict
+from liverlab.config import TTAConfig, config_from_dict
 from liverlab.errors import LiverlabError
 from liverlab.infer.evaluate import native_case_metrics
 from liverlab.models import unet_from_config
@@ -42,7 +42,11 @@ def load_unet(checkpoint: str | Path, device: torch.device) -> tuple[torch.nn.Mo
 
 
 def segment_dataset(
-    checkpoint: str | Path, data_dir: str | Path, out: str | Path, split: str | None = "test"
+    checkpoint: str | Path,
+    data_dir: str | Path,
+    out: str | Path,
+    split: str | None = "test",
+    tta: TTAConfig | None = None,
 ) -> list[dict[str, Any]]:
     """Predict every case of ``split`` (None = all), write masks to ``out``, return CHAOS metrics.
 
@@ -50,7 +54,8 @@ def segment_dataset(
     checkpoint's ``unet.postprocess``; the metrics are those of the written
     masks against the labels (``evaluate.native_case_metrics``, the same
     function that computes the training run's ``test/*``). The masks appear in
-    ``out`` only once every case has been segmented.
+    ``out`` only once every case has been segmented. ``tta`` overrides the
+    checkpoint's ``unet.tta`` (test-time augmentation; ``TTAConfig()`` = off).
     """
     data_dir, out = Path(data_dir), Path(out)
     tdata.require_dataset(data_dir, "--data")
@@ -60,4 +65,7 @@ def segment_dataset(
     if cases is not None and not cases:
         raise LiverlabError(f"{data_dir}: no cases in split {split!r} with the checkpoint's split settings")
     slices = tdata.load(config, data_dir, "mri", None, all_slices=True, cases=cases)
-    return native_case_metrics(model, slices, data_dir, device, config.precision, config.unet.postprocess, out=out)
+    return native_case_metrics(
+        model, slices, data_dir, device, config.precision, config.unet.postprocess, out=out,
+        tta=config.unet.tta if tta is None else tta,
+    )

@@ -247,7 +247,7 @@ def train_unet(
     final = dict(metrics)
     if data.test is not None:
         # Each test case on its own grid and spacing, by the function `liverlab evaluate --checkpoint` uses.
-        rows = ev.native_case_metrics(model, data.test, data.mri_dir, device, amp.precision, u.postprocess)
+        rows = ev.native_case_metrics(model, data.test, data.mri_dir, device, amp.precision, u.postprocess, tta=u.tta)
         test = ev.mean_metrics(rows, "test")
         table = ev.write_table(rows, workdir / "per_patient.parquet")
         tracker.log_metrics(test, step=it)
