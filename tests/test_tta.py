@@ -10,7 +10,8 @@ from pydantic import ValidationError
 from liverlab.config import TTAConfig
 from liverlab.errors import LiverlabError
 from liverlab.infer.commands import _tta_option
-from liverlab.infer.tta import _warp, predict_probs, transforms, tta_probs
+from liverlab.infer.evaluate import predict_probs
+from liverlab.infer.tta import _warp, transforms, tta_probs
 
 CPU = torch.device("cpu")
 

@@ -24,7 +24,7 @@ given: they are someone's predictions, and are not post-processed.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from liverlab import postprocess as post
 from liverlab.config import PostprocessConfig, TTAConfig
 from liverlab.data.atomic import staging_dir, write_with
 from liverlab.errors import LiverlabError
-from liverlab.infer.tta import predict_probs
+from liverlab.infer.tta import transforms, tta_probs
 from liverlab.train import common
 
 METRICS = ("iou", "dice", "ravd", "assd", "mssd")
@@ -43,6 +43,22 @@ DEFAULT_POSTPROCESS = PostprocessConfig()
 
 
 @torch.no_grad()
+def _batched(
+    model: torch.nn.Module, images: np.ndarray, device: torch.device, batch_size: int,
+    forward: Callable[[torch.Tensor], torch.Tensor],
+) -> Iterator[tuple[slice, torch.Tensor]]:
+    """``(rows, forward(x))`` per batch ``x`` of ``images[rows]`` as float32 (B, C, H, W), model in eval mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        for i in range(0, len(images), batch_size):
+            rows = slice(i, min(i + batch_size, len(images)))
+            x = torch.from_numpy(np.array(images[rows], dtype=np.float32))
+            yield rows, forward((x[:, None] if x.ndim == 3 else x).to(device))
+    finally:
+        model.train(was_training)
+
+
 def predict_logits(
     model: torch.nn.Module, images: np.ndarray, device: torch.device, precision: str = "fp32", batch_size: int = 16
 ) -> Iterator[tuple[slice, torch.Tensor]]:
@@ -50,18 +66,32 @@ def predict_logits(
 
     ``images`` is (N, H, W) slices, or (N, C, H, W) model inputs (``model_inputs``, 2.5D context as channels).
     """
-    was_training = model.training
-    model.eval()
-    try:
-        for i in range(0, len(images), batch_size):
-            rows = slice(i, min(i + batch_size, len(images)))
-            x = torch.from_numpy(np.array(images[rows], dtype=np.float32))
-            x = (x[:, None] if x.ndim == 3 else x).to(device)
-            with common.autocast(device, precision):
-                logits = model(x)
-            yield rows, logits.float()
-    finally:
-        model.train(was_training)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        with common.autocast(device, precision):
+            return model(x).float()
+
+    return _batched(model, images, device, batch_size, forward)
+
+
+def predict_probs(
+    model: torch.nn.Module,
+    images: np.ndarray,
+    device: torch.device,
+    precision: str = "fp32",
+    batch_size: int = 16,
+    tta: TTAConfig | None = None,
+) -> Iterator[tuple[slice, torch.Tensor]]:
+    """``(rows, probs)`` per batch: float32 (B, K, H, W) class probabilities of ``images[rows]``.
+
+    With ``tta`` (``unet.tta``) enabled, the mean over its copies (``tta.py``); otherwise the softmax of one pass.
+    """
+    if tta is None or not tta.enabled:
+        for rows, logits in predict_logits(model, images, device, precision, batch_size):
+            yield rows, torch.softmax(logits, dim=1)
+        return
+    thetas = transforms(tta.rotate_degrees, tta.scale)
+    yield from _batched(model, images, device, batch_size, lambda x: tta_probs(model, x, device, precision, thetas))
 
 
 def predict_slices(

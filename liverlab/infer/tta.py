@@ -24,16 +24,13 @@ coverage-weighted mean of the copies that saw it.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from liverlab.train import common
 
-__all__ = ["transforms", "predict_probs", "tta_probs"]
+__all__ = ["transforms", "tta_probs"]
 
 
 def transforms(rotate_degrees: float, scale: float) -> list[torch.Tensor]:
@@ -82,35 +79,3 @@ def tta_probs(
         total = total + back
         weight = weight + cover
     return total / weight.clamp_min(1e-6)
-
-
-@torch.no_grad()
-def predict_probs(
-    model: torch.nn.Module,
-    images: np.ndarray,
-    device: torch.device,
-    precision: str = "fp32",
-    batch_size: int = 16,
-    tta: Any = None,
-) -> Iterator[tuple[slice, torch.Tensor]]:
-    """``(rows, probs)`` per batch: float32 (B, K, H, W) class probabilities of ``images[rows]``.
-
-    ``tta`` is a ``liverlab.config.TTAConfig`` (or None): when enabled, the
-    mean over its copies; otherwise the softmax of one pass, exactly as before.
-    """
-    thetas = transforms(tta.rotate_degrees, tta.scale) if tta is not None and tta.enabled else None
-    was_training = model.training
-    model.eval()
-    try:
-        for i in range(0, len(images), batch_size):
-            rows = slice(i, min(i + batch_size, len(images)))
-            x = torch.from_numpy(np.array(images[rows], dtype=np.float32))
-            x = (x[:, None] if x.ndim == 3 else x).to(device)
-            if thetas is None:
-                with common.autocast(device, precision):
-                    probs = torch.softmax(model(x).float(), dim=1)
-            else:
-                probs = tta_probs(model, x, device, precision, thetas)
-            yield rows, probs
-    finally:
-        model.train(was_training)
