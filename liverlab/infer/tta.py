@@ -6,9 +6,9 @@ and zoomed by 1-s and 1+s about its centre (the grid {-r, 0, r} x {1-s, 1,
 back by the inverse transform onto the slice's own pixels and averaged. A
 zoomed-in copy sees only the middle of the slice, so each pixel averages only
 the copies whose view covered it (a coverage weight warped back alongside the
-probabilities); the untransformed copy covers every pixel. The copies stay
+probabilities); the untransformed copy covers every pixel. Keep the copies
 within the training augmentation's range (``unet.augment.rotate_degrees`` and
-``scale``), where the U-Net has seen such views; mirroring, nnU-Net's default,
+``scale``), where the U-Net has seen such views (not enforced); mirroring, nnU-Net's default,
 is not used because liverlab's recipes train without flips (the liver is on
 one side).
 
