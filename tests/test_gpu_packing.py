@@ -9,6 +9,8 @@ test-only ``LIVERLAB_TEST_GPU_AS_CPU=1`` lets the trials run on CPU instead.
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -77,9 +79,26 @@ def test_four_quarter_gpu_trials_share_one_gpu_at_once(tmp_path: Path, phantom_r
         "resources": {"cpu": 0.5, "gpu": 0.25},  # 2 CPUs / 0.5 and 1 GPU / 0.25: room for 4 at once
     }
     (tmp_path / "packed.yaml").write_text(yaml.safe_dump(space))
-    rc = run_sweep(
-        SweepOptions(space=str(tmp_path / "packed.yaml"), storage=str(tmp_path / "s"), live=False, report=False)
-    )
+    # What Ray holds, sampled while the sweep runs: packing means all four quarters held at once (GPU left: 0).
+    # Sampling Ray's accounting, not comparing run start and end times, keeps this independent of how fast
+    # 2 CPUs start four trial processes (a trial may finish before the last one has logged its start).
+    gpu_left: list[float] = []
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            gpu_left.append(logical_gpu.available_resources().get("GPU", 0.0))  # a resource fully held is absent
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        rc = run_sweep(
+            SweepOptions(space=str(tmp_path / "packed.yaml"), storage=str(tmp_path / "s"), live=False, report=False)
+        )
+    finally:
+        done.set()
+        sampler.join()
     assert rc == 0
 
     info = json.loads((tmp_path / "s" / "packed" / SWEEP_FILE).read_text())
@@ -95,8 +114,9 @@ def test_four_quarter_gpu_trials_share_one_gpu_at_once(tmp_path: Path, phantom_r
         assert tags["liverlab.gpu_ids"] == "0" and tags["liverlab.cuda_visible_devices"] == "0", tags
         assert tags["liverlab.device"] == "cpu" and TEST_GPU_AS_CPU in tags["liverlab.device_note"]
         assert r.data.params["device"] == "cpu"
-    # All four ran at the same time: every trial started before the first one ended.
-    assert max(r.info.start_time for r in runs) < min(r.info.end_time for r in runs)
+    # All four ran at the same time: Ray held the whole GPU (4 x 0.25) at some moment, and gave it back after.
+    assert gpu_left and max(gpu_left) == 1.0 and min(gpu_left) == 0.0, sorted(set(gpu_left))
+    assert logical_gpu.available_resources().get("GPU") == 1.0
 
     # Without the fallback, a trial given a GPU on this CUDA-less node stops with the node and the devices.
     @logical_gpu.remote(num_gpus=0.25, num_cpus=0.5, runtime_env={"env_vars": {TEST_GPU_AS_CPU: "0"}})
