@@ -15,6 +15,7 @@ Dice, RAVD %, ASSD mm, MSSD mm) to ``per_patient.parquet``.
 from __future__ import annotations
 
 import copy
+import functools
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,6 +41,21 @@ def make_optimizer(model: torch.nn.Module, u: UNetConfig) -> torch.optim.Optimiz
     o = u.optim
     cls = torch.optim.AdamW if o.name == "adamw" else torch.optim.Adam
     return cls(model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay)
+
+
+# Augmentation seeds of loader workers lie in [2^31, 2^32), in-process rounds' (seed * 1000 + r) below:
+# torch's CPU generator keeps only a seed's low 32 bits, so an offset of 2^40 would replay round 0.
+WORKER_SEEDS = 2**31
+
+
+def seed_worker_augment(base: int, worker_id: int) -> None:
+    """``worker_init_fn``: reseed the worker's copies of the augmenters with ``base + worker_id``."""
+    info = torch.utils.data.get_worker_info()
+    parts = getattr(info.dataset, "datasets", [info.dataset])
+    for part in parts:
+        augment = getattr(part, "augment", None)
+        if augment is not None and augment.generator is not None:
+            augment.generator.manual_seed(base + worker_id)
 
 
 class UNetData:
@@ -79,6 +95,7 @@ class UNetData:
         self.dataset = torch.utils.data.ConcatDataset(parts)
         self.ratio = u.mixing_ratio
         self.batch_size = u.batch_size
+        self.num_workers = u.num_workers
         self.seed = config.seed
 
     @staticmethod
@@ -103,7 +120,18 @@ class UNetData:
         if self.augment.generator is not None:  # the augmentation's draws too, or a resumed round would differ
             self.augment.generator.manual_seed(self.seed * 1000 + round_)
         sampler = MixingSampler(self.n_real, self.n_synth, self.ratio, num_samples=n, seed=self.seed * 1000 + round_)
-        return torch.utils.data.DataLoader(self.dataset, batch_size=self.batch_size, sampler=sampler, num_workers=0)
+        if not self.num_workers:
+            return torch.utils.data.DataLoader(self.dataset, batch_size=self.batch_size, sampler=sampler, num_workers=0)
+        # Workers: each gets a copy of the augmenter, and a copied generator would repeat one stream in
+        # every worker, so each worker reseeds its copy by (seed, round, worker), in a range of its own.
+        # The loader's own generator seeds the workers' global RNGs without drawing from the training
+        # process's RNG.
+        round_seed = self.seed * 1000 + round_
+        return torch.utils.data.DataLoader(
+            self.dataset, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
+            worker_init_fn=functools.partial(seed_worker_augment, WORKER_SEEDS + round_seed * 1024 % WORKER_SEEDS),
+            generator=torch.Generator().manual_seed(round_seed),
+        )
 
     def batches(self, start: int, iterations: int, val_every: int) -> Iterator[dict[str, torch.Tensor]]:
         """The batches of steps ``start`` .. ``iterations - 1``: one seeded loader per validation round.
@@ -114,7 +142,8 @@ class UNetData:
         the uninterrupted run draws there, without replaying the rounds before
         it; and every run recorded so far drew its slices this way. The
         augmentation's generator is reseeded by ``(seed, r)`` too, so a resumed
-        run also augments them the same way (tests/test_resume_exact.py).
+        run also augments them the same way (tests/test_resume_exact.py); with
+        ``unet.num_workers`` each worker's stream is seeded by ``(seed, r, worker)``.
         """
         it = start
         while it < iterations:
