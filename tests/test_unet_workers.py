@@ -9,13 +9,12 @@ import torch
 from conftest import ReportLog, tiny_config
 
 from liverlab.config import AugmentConfig
-from liverlab.data.augment import Augment
+from liverlab.data.augment import INTENSITY_OPS, Augment
 from liverlab.errors import LiverlabError
 from liverlab.train.unet import UNetData, seed_worker_augment, train_unet
 
 NO_AUGMENT = {"unet.augment.rotate_degrees": 0.0, "unet.augment.scale": 0.0} | {
-    f"unet.augment.{op}.p": 0.0
-    for op in ("gamma", "contrast", "brightness", "bias_field", "noise", "blur", "random_conv")
+    f"unet.augment.{op}.p": 0.0 for op in INTENSITY_OPS
 }
 
 
@@ -49,9 +48,9 @@ def test_worker_batches_repeat_resume_and_draw_the_same_slices(phantom_root) -> 
     data = UNetData(config)
     first = [b["image"] for b in data.batches(0, 6, 3)]
     again = [b["image"] for b in data.batches(0, 6, 3)]
-    assert len(first) == 6 and all(torch.equal(a, b) for a, b in zip(first, again))
+    assert len(first) == 6 and all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
     resumed = [b["image"] for b in data.batches(3, 6, 3)]  # a run resumed at round 1 draws round 1 again
-    assert all(torch.equal(a, b) for a, b in zip(first[3:], resumed))
+    assert all(torch.equal(a, b) for a, b in zip(first[3:], resumed, strict=True))
     # Worker 0 does not replay the in-process stream (its augmenter was reseeded, not just copied).
     in_process = next(iter(UNetData(tiny_config(phantom_root, **{"unet.batch_size": 4})).batches(0, 6, 3)))
     assert not torch.equal(in_process["image"], first[0])

@@ -147,9 +147,9 @@ class UNetConfig(_Strict):
     num_workers: int = Field(
         0, ge=0, le=64,
         description="DataLoader worker processes that build the training batches (0: in the training process). "
-        "On a GPU the augmented loader feeds a 256^2 U-Net at 0.43x its speed with 0 workers, 0.97x with 4 "
-        "(docs/benchmarks.md). With workers, the augmentation draws one seeded stream per worker: reproducible "
-        "and resumable for a given value, but a different draw from num_workers 0",
+        "On an H200, benchmarks/bench_gpu.py's augmented loader fed a 256^2 U-Net at 0.43x its speed with 0 "
+        "workers, 0.97x with 4 (docs/benchmarks.md). With workers, the augmentation draws one seeded stream per "
+        "worker: reproducible and resumable for a given value, but a different draw from num_workers 0",
     )
     empty_slice_fraction: float = Field(
         1.0, ge=0.0, le=1.0,
