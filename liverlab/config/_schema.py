@@ -144,6 +144,13 @@ class UNetConfig(_Strict):
         "poly", description="poly: lr * (1 - it/iterations)^0.9 (nnU-Net); cosine: to 0; constant"
     )
     batch_size: int = Field(8, ge=1, le=1024)
+    patch_size: int | None = Field(
+        None, ge=16, le=1024,
+        description="train on random patch_size x patch_size windows of the data.size slices (nnU-Net's patch "
+        "training; drawn by the augmenter, rotation and zoom about the window's centre); validation, test and "
+        "evaluate segment whole slices. The resolution of data.size at about the step cost of patch_size. "
+        "Must be <= data.size and divisible by 2**(unet.model.depth - 1). null = whole slices",
+    )
     num_workers: int = Field(
         0, ge=0, le=64,
         description="DataLoader worker processes that build the training batches (0: in the training process). "
@@ -228,6 +235,19 @@ class ExperimentConfig(_Strict):
     essnet: EssNetConfig = EssNetConfig()
     unet: UNetConfig = UNetConfig()
     tracking: TrackingConfig = TrackingConfig()
+
+    @model_validator(mode="after")
+    def _patch_fits(self) -> "ExperimentConfig":
+        p = self.unet.patch_size
+        if p is not None:
+            if p > self.data.size:
+                raise ValueError(f"unet.patch_size {p} is larger than data.size {self.data.size}")
+            factor = 2 ** (self.unet.model.depth - 1)
+            if p % factor:
+                raise ValueError(
+                    f"unet.patch_size {p} is not divisible by 2**(unet.model.depth - 1) = {factor}"
+                )
+        return self
 
     def effective_essnet(self) -> EssNetConfig:
         """EssNet settings after the synthesis arm: ``cyclegan`` forces lambda_seg = 0."""

@@ -46,6 +46,16 @@ order:
 The result is clipped to [0, 1] and mapped back to [-1, 1]. A slice that no
 operation fires on is returned unchanged (not even rounded).
 
+Patches (``patch_size`` p, nnU-Net style): every slice becomes a random
+p x p window of itself, its top-left corner uniform over the positions that
+keep the window inside the slice, drawn after the flips and before the
+intensity ops. With rotation or scaling on, the sampling grid is built for
+the window alone (rotation and zoom about the window's centre), so a patch
+costs what a p x p slice costs; with both off the window is cut out exactly.
+A model trained on patches of the ``size`` x ``size`` cache segments whole
+slices at that size (the U-Net is fully convolutional): the resolution of
+``size`` at about the training cost of ``p``.
+
 Randomness: with ``seed`` the augmenter owns a ``torch.Generator`` (exactly
 reproducible in one process). With ``seed=None`` it draws from torch's global
 RNG, which is what a multi-worker ``DataLoader`` seeds differently per
@@ -171,6 +181,7 @@ class Augment:
         contrast: RandomRange | None = None,
         gamma: RandomRange | None = None,
         noise: RandomRange | None = None,
+        patch_size: int | None = None,
         seed: int | None = None,
     ) -> None:
         if isinstance(flip, (str, bool)):
@@ -180,6 +191,9 @@ class Augment:
             raise ValueError(f"unknown flip axis {unknown[0]!r}: use any of {sorted(FLIP_AXES)}")
         if rotate_degrees < 0 or not 0 <= scale < 1:
             raise ValueError("rotate_degrees >= 0 and 0 <= scale < 1 are required")
+        if patch_size is not None and (isinstance(patch_size, bool) or int(patch_size) != patch_size or patch_size < 1):
+            raise ValueError(f"patch_size must be a positive integer or None, got {patch_size!r}")
+        self.patch_size = None if patch_size is None else int(patch_size)
         self.flip = tuple(dict.fromkeys(flip))
         self.rotate_degrees = float(rotate_degrees)
         self.scale = float(scale)
@@ -196,7 +210,7 @@ class Augment:
             self.generator = torch.Generator().manual_seed(int(seed))
 
     @classmethod
-    def from_config(cls, cfg: object, seed: int | None = None) -> Augment:
+    def from_config(cls, cfg: object, seed: int | None = None, patch_size: int | None = None) -> Augment:
         """Build from an ``AugmentConfig`` (flip, rotate_degrees, scale and one ``{p, range}`` per op)."""
         ops: dict[str, RandomRange | None] = {}
         for name in INTENSITY_OPS:
@@ -206,6 +220,7 @@ class Augment:
             flip=list(getattr(cfg, "flip")),
             rotate_degrees=float(getattr(cfg, "rotate_degrees")),
             scale=float(getattr(cfg, "scale")),
+            patch_size=patch_size,
             seed=seed,
             **ops,
         )
@@ -235,18 +250,39 @@ class Augment:
                     msk = msk.clone()
                     msk[flip] = msk[flip].flip(dim)
 
+        h, w = img.shape[-2:]
+        ph, pw = h, w  # output size: the slice, or the patch
+        top = left = None
+        if self.patch_size is not None:
+            ph, pw = self.patch_size, self.patch_size
+            if ph > h or pw > w:
+                raise ValueError(f"patch_size {self.patch_size} is larger than the {h} x {w} slice")
+            top = torch.randint(0, h - ph + 1, (b,), generator=self.generator)
+            left = torch.randint(0, w - pw + 1, (b,), generator=self.generator)
+
         if self.rotate_degrees > 0 or self.scale > 0:
             angle = self._uniform(b, -self.rotate_degrees, self.rotate_degrees) * (math.pi / 180.0)
             zoom = self._uniform(b, 1.0 - self.scale, 1.0 + self.scale)
             cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
-            # theta maps output to input coordinates: dividing by zoom magnifies.
+            # theta maps output to input coordinates (normalised, align_corners=False): dividing by zoom
+            # magnifies. For a patch, output offsets (p/2 pixels per unit) are rotated about the window's
+            # centre (top + p/2 in continuous pixel coordinates) and the result expressed in input units.
             theta = torch.zeros(b, 2, 3)
-            theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = cos, -sin, sin, cos
-            grid = F.affine_grid(theta, list(img.shape), align_corners=False)
+            sx, sy = pw / w, ph / h
+            theta[:, 0, 0], theta[:, 0, 1] = cos * sx, -sin * sy * (h / w)
+            theta[:, 1, 0], theta[:, 1, 1] = sin * sx * (w / h), cos * sy
+            if top is not None and left is not None:
+                theta[:, 0, 2] = 2.0 * (left.float() + pw / 2.0) / w - 1.0
+                theta[:, 1, 2] = 2.0 * (top.float() + ph / 2.0) / h - 1.0
+            grid = F.affine_grid(theta, [b, img.shape[1], ph, pw], align_corners=False)
             img = F.grid_sample(img - FILL, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + FILL
             if msk is not None:
                 m = F.grid_sample(msk[:, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
                 msk = m[:, 0].round().to(msk.dtype)
+        elif top is not None and left is not None:  # no resampling: cut the windows out exactly
+            img = torch.stack([img[i, :, t : t + ph, lf : lf + pw] for i, (t, lf) in enumerate(zip(top.tolist(), left.tolist(), strict=True))])
+            if msk is not None:
+                msk = torch.stack([msk[i, t : t + ph, lf : lf + pw] for i, (t, lf) in enumerate(zip(top.tolist(), left.tolist(), strict=True))])
 
         if self.intensity:
             img = self._intensity(img)

@@ -79,7 +79,7 @@ class UNetData:
                 f"but unet.keep = {u.keep} / unet.early_stopping = {u.early_stopping} need them"
             )
         self.test = self._split(config, "test")
-        augment = Augment.from_config(u.augment, seed=config.seed)
+        augment = Augment.from_config(u.augment, seed=config.seed, patch_size=u.patch_size)
         self.augment = augment
         context = u.model.context_slices
         real = SegmentationSlices(self.train, augment=augment, context=context)
