@@ -244,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     u = base.unet
     print(f"{args.experiment}: {base.data.split.folds}-fold patient CV (folds {folds}), {u.iterations} iterations x "
           f"batch {u.batch_size}, {u.lr_schedule} lr {u.optim.lr} ({u.optim.name}), depth {u.model.depth}, "
-          f"base {u.model.base_features}, {base.data.size}^2, {base.precision}"
+          f"base {u.model.base_features}, {base.data.size}^2"
+          f"{f' (patches {u.patch_size}^2)' if u.patch_size else ''}, {base.precision}"
           f"{' channels-last' if base.channels_last else ''}", flush=True)
 
     if args.rescore_tta:

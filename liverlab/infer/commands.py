@@ -6,6 +6,7 @@ Nothing heavy is imported until a command runs, so ``liverlab --help`` stays ins
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -50,7 +51,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--pred", help="predicted mask NIfTI (or a folder of them); scored as given, without post-processing"
     )
     p.add_argument("--label", help="label NIfTI (or a folder with matching case names)")
-    p.add_argument("--checkpoint", help="U-Net weights (best.pt or a checkpoint folder)")
+    p.add_argument(
+        "--checkpoint", action="append",
+        help="U-Net weights (best.pt or a checkpoint folder); repeat it for an ensemble: the mean of the models' "
+        "probabilities, scored on the cases none of them trained on (--split auto), with the first one's "
+        "post-processing and precision; members must share data.size, data.spacing_mm, data.mri_percentiles, "
+        "unet.model.context_slices and unet.postprocess",
+    )
     p.add_argument("--data", help="nnU-Net folder of MRI cases to segment")
     p.add_argument(
         "--split", default="auto", choices=["auto", "train", "val", "test", "all"],
@@ -107,16 +114,34 @@ def _evaluate_checkpoint(args: argparse.Namespace) -> tuple[list[dict[str, Any]]
     from liverlab.infer.segment import segment_dataset
     from liverlab.train import common
 
-    state = common.load_checkpoint(args.checkpoint, map_location="cpu")
-    if "config" not in state:
-        raise LiverlabError(f"{args.checkpoint}: not a U-Net checkpoint (no embedded config)")
-    config = config_from_dict(state["config"], source=f"{args.checkpoint} (embedded config)")
-    choice = choose_split(state, config, args.data, args.split)
-    del state
-    out = Path(args.out) if args.out else Path(args.checkpoint).resolve().parent / "predictions"
-    # "unseen" (a dataset sharing some patients) is not a split of the manifest: segment all, keep the unseen.
-    split = None if choice.split in ("all", "unseen") else choice.split
-    rows = segment_dataset(args.checkpoint, args.data, out, split, tta=_tta_option(args.tta))
+    choices = []
+    for path in args.checkpoint:
+        state = common.load_checkpoint(path, map_location="cpu")
+        if "config" not in state:
+            raise LiverlabError(f"{path}: not a U-Net checkpoint (no embedded config)")
+        config = config_from_dict(state["config"], source=f"{path} (embedded config)")
+        choices.append(choose_split(state, config, args.data, args.split))
+        del state
+    choice = choices[0]
+    out = Path(args.out) if args.out else Path(args.checkpoint[0]).resolve().parent / "predictions"
+    if len(choices) > 1:  # an ensemble is scored where every member's split choice agrees: no member saw them
+        common_cases = set.intersection(*(set(c.cases) for c in choices))
+        if not common_cases:
+            raise LiverlabError(
+                f"{args.data}: no case is in every checkpoint's --split {args.split} choice "
+                f"({', '.join(f'{p}: {c.split}' for p, c in zip(args.checkpoint, choices, strict=True))}); "
+                "each case must be unseen by every member"
+            )
+        notes = [f"member {i + 1}: {n}" for i, c in enumerate(choices) for n in c.notes]
+        splits = {c.split for c in choices}
+        choice = dataclasses.replace(
+            choice,
+            split=splits.pop() if len(splits) == 1 else "unseen", cases=sorted(common_cases),
+            patients={c: choice.patients[c] for c in common_cases},
+            notes=[f"ensemble of {len(choices)} checkpoints, scored on the {len(common_cases)} case(s) every "
+                   "member's choice holds.", *notes],
+        )
+    rows = segment_dataset(args.checkpoint, args.data, out, tta=_tta_option(args.tta), cases=choice.cases)
     keep = set(choice.cases)
     rows = [{**r, "patient_id": choice.patients[r["case_id"]]} for r in rows if r["case_id"] in keep]
     print(f"predicted masks: {out}", file=sys.stderr)

@@ -10,6 +10,7 @@ run's test metrics (``evaluate.native_case_metrics``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import torch
 
 from liverlab.config import TTAConfig, config_from_dict
 from liverlab.errors import LiverlabError
+from liverlab.infer.ensemble import Ensemble, member_mismatch
 from liverlab.infer.evaluate import native_case_metrics
 from liverlab.models import unet_from_config
 from liverlab.train import common
@@ -41,14 +43,39 @@ def load_unet(checkpoint: str | Path, device: torch.device) -> tuple[torch.nn.Mo
     return model.eval(), config
 
 
+def load_ensemble(checkpoints: Sequence[str | Path], device: torch.device) -> tuple[torch.nn.Module, Any]:
+    """The model of one checkpoint, or the ``Ensemble`` of several, in eval mode, with the first one's config.
+
+    Raises ``LiverlabError`` naming the checkpoint and the key when a member's
+    input or post-processing settings (``ensemble.MUST_AGREE``) differ from the first member's.
+    """
+    if not checkpoints:
+        raise LiverlabError("no checkpoint given")
+    models, configs = zip(*(load_unet(c, device) for c in checkpoints), strict=True)
+    for path, config in zip(checkpoints[1:], configs[1:], strict=True):
+        if (bad := member_mismatch(configs[0], config)) is not None:
+            raise LiverlabError(
+                f"{path}: {bad[0]} = {bad[1]!r}, but {checkpoints[0]} has {bad[2]!r}; "
+                "ensemble members must see the same input and be post-processed alike"
+            )
+    if len(models) == 1:
+        return models[0], configs[0]
+    return Ensemble(list(models)).eval(), configs[0]
+
+
 def segment_dataset(
-    checkpoint: str | Path,
+    checkpoint: str | Path | Sequence[str | Path],
     data_dir: str | Path,
     out: str | Path,
     split: str | None = "test",
     tta: TTAConfig | None = None,
+    cases: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Predict every case of ``split`` (None = all), write masks to ``out``, return CHAOS metrics.
+
+    Several checkpoints are an ensemble (``liverlab.infer.ensemble``): the
+    mean of their probabilities, with the first checkpoint's config (split,
+    post-processing, precision). ``cases``, when given, replaces ``split``.
 
     Masks are on each case's own grid and post-processed with the
     checkpoint's ``unet.postprocess``; the metrics are those of the written
@@ -60,11 +87,13 @@ def segment_dataset(
     data_dir, out = Path(data_dir), Path(out)
     tdata.require_dataset(data_dir, "--data")
     device = common.select_device("auto")
-    model, config = load_unet(checkpoint, device)
-    cases = tdata.cases_in(data_dir, config, split) if split else None
-    if cases is not None and not cases:
-        raise LiverlabError(f"{data_dir}: no cases in split {split!r} with the checkpoint's split settings")
-    slices = tdata.load(config, data_dir, "mri", None, all_slices=True, cases=cases)
+    checkpoints = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint)
+    model, config = load_ensemble(checkpoints, device)
+    if cases is None:
+        cases = tdata.cases_in(data_dir, config, split) if split else None
+        if cases is not None and not cases:
+            raise LiverlabError(f"{data_dir}: no cases in split {split!r} with the checkpoint's split settings")
+    slices = tdata.load(config, data_dir, "mri", None, all_slices=True, cases=list(cases) if cases else None)
     return native_case_metrics(
         model, slices, data_dir, device, config.precision, config.unet.postprocess, out=out,
         tta=config.unet.tta if tta is None else tta,

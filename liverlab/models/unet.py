@@ -128,6 +128,7 @@ class UNet(nn.Module):
             raise ValueError(f"upsample must be 'transpose' or 'bilinear', got {upsample!r}")
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
+        self.out_channels = out_channels
         self.depth = depth
 
         features = [base_features * 2**i for i in range(depth)]
