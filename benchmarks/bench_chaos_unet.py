@@ -29,6 +29,7 @@ Import the data first (README), or let ``data.import`` do it, then::
     python benchmarks/bench_chaos_unet.py --jobs 2              # 6-fold CV, 2 folds at a time
     python benchmarks/bench_chaos_unet.py --folds 0 --iterations 20 --out runs/smoke   # smoke run
     python benchmarks/bench_chaos_unet.py --out runs/cv --rescore-tta 10,0.1   # trained folds, scored with TTA
+    python benchmarks/bench_chaos_unet.py --out runs/cv --ensemble runs/cv-seed1   # each fold with its seed-1 twin
 """
 
 from __future__ import annotations
@@ -132,49 +133,58 @@ def run_fold(cfg: ExperimentConfig, workdir: Path) -> dict[str, Any]:
     return result
 
 
-def rescore_fold(workdir: Path, data_dir: Path, tta: str) -> dict[str, Any]:
-    """A trained fold's test patients scored again with test-time augmentation ``tta`` (``D,S``); cached."""
+def rescore_fold(workdir: Path, data_dir: Path, tta: str | None, members: list[Path], tag: str) -> dict[str, Any]:
+    """A trained fold's test patients scored again with test-time augmentation ``tta`` (``D,S``) and/or as an
+    ensemble with the same fold of the CVs ``members`` (mean of the probabilities); cached under ``tag``."""
     from liverlab.infer.commands import _tta_option
     from liverlab.infer.segment import segment_dataset
 
-    tag = tta.replace(",", "_")
-    done = workdir / f"result_tta_{tag}.json"
+    done = workdir / f"result_{tag}.json"
     if done.is_file():
         return json.loads(done.read_text())
     base = json.loads((workdir / "result.json").read_text())
     wall0 = time.perf_counter()
-    rows = segment_dataset(workdir / "best.pt", data_dir, workdir / f"predictions_tta_{tag}", split="test",
-                           tta=_tta_option(tta))
+    checkpoints = [workdir / "best.pt", *(m / workdir.name / "best.pt" for m in members)]
+    rows = segment_dataset(checkpoints, data_dir, workdir / f"predictions_{tag}", split="test",
+                           tta=_tta_option(tta) if tta else None)
     for row in rows:
         row["fold"] = base["fold"]
-    result = {"fold": base["fold"], "tta": tta, "rows": rows, "eval_wall_s": time.perf_counter() - wall0,
-              "plain_eval_wall_s": base["eval_wall_s"]}
+    result = {"fold": base["fold"], "tta": tta, "members": [str(m) for m in members], "rows": rows,
+              "eval_wall_s": time.perf_counter() - wall0, "plain_eval_wall_s": base["eval_wall_s"]}
     _write_json(done, result)
     return result
 
 
 def rescore(args: argparse.Namespace, base: ExperimentConfig, folds: list[int], out: Path) -> int:
-    """``--rescore-tta``: every trained fold scored again with TTA, paired per patient against its plain score."""
-    missing = [k for k in folds if not (out / f"fold{k}" / "result.json").is_file()]
+    """``--rescore-tta`` / ``--ensemble``: every trained fold scored again, paired per patient against its plain
+    score. An ensemble member is another CV of the same folds (same experiment, data and split)."""
+    members = [Path(m) for m in args.ensemble.split(",")] if args.ensemble else []
+    missing = [f"{d}/fold{k}" for d in (out, *members) for k in folds
+               if not (d / f"fold{k}" / ("result.json" if d == out else "best.pt")).is_file()]
     if missing:
-        print(f"--rescore-tta needs trained folds: {missing} have no {out}/fold<k>/result.json", file=sys.stderr)
+        print(f"rescoring needs trained folds (result.json in OUT, best.pt in each --ensemble member): missing "
+              f"{', '.join(missing)}", file=sys.stderr)
         return 2
     plain = {r["case_id"]: r for k in folds for r in json.loads((out / f"fold{k}" / "result.json").read_text())["rows"]}
-    results = [rescore_fold(out / f"fold{k}", base.data.mri_dir, args.rescore_tta) for k in folds]
+    parts = ([f"tta_{args.rescore_tta.replace(',', '_')}"] if args.rescore_tta else []) + (
+        [f"ens{len(members) + 1}_" + "_".join(m.name for m in members)] if members else [])
+    tag = "_".join(parts)
+    results = [rescore_fold(out / f"fold{k}", base.data.mri_dir, args.rescore_tta, members, tag) for k in folds]
     rows = [row for r in results for row in r["rows"]]
     stats = summarise(rows)
     diffs = [100 * (row["iou"] - plain[row["case_id"]]["iou"]) for row in rows]
     mean, lo, hi = t_interval(diffs)
-    summary = {"tta": args.rescore_tta, "folds": results, "patients": len(rows), "metrics": stats,
+    summary = {"tta": args.rescore_tta, "ensemble": [str(m) for m in members], "folds": results,
+               "patients": len(rows), "metrics": stats,
                "iou_diff_points": {"per_patient": dict(zip([r["case_id"] for r in rows], diffs)),
                                    "mean": mean, "ci95": [lo, hi], "improved": sum(d > 0 for d in diffs)},
                "eval_wall_s": sum(r["eval_wall_s"] for r in results),
                "plain_eval_wall_s": sum(r["plain_eval_wall_s"] for r in results)}
-    tag = args.rescore_tta.replace(",", "_")
-    path = Path(args.json) if args.json else out / f"results_tta_{tag}.json"
+    path = Path(args.json) if args.json else out / f"results_{tag}.json"
     _write_json(path, summary)
-    table = markdown(rows, stats, f"The same folds scored with test-time augmentation {args.rescore_tta} "
-                                  "(rotation degrees, zoom)")
+    how = " and ".join(([f"with test-time augmentation {args.rescore_tta} (rotation degrees, zoom)"] if args.rescore_tta
+                        else []) + ([f"as an ensemble with {', '.join(map(str, members))}"] if members else []))
+    table = markdown(rows, stats, f"The same folds scored {how}")
     print("\n" + table)
     print(f"IoU vs the plain score, paired per patient: {mean:+.2f} points (95 % CI {lo:+.2f} to {hi:+.2f}), "
           f"{summary['iou_diff_points']['improved']} of {len(diffs)} patients higher; evaluation "
@@ -228,6 +238,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rescore-tta", metavar="DEGREES,SCALE",
                     help="no training: score the trained folds of OUT again with test-time augmentation "
                     "(unet.tta: rotation degrees, zoom; e.g. 10,0.1) and pair each patient with its plain score")
+    ap.add_argument("--ensemble", metavar="OUT2[,OUT3...]",
+                    help="no training: score the trained folds of OUT as ensembles with the same folds of other CVs "
+                    "(e.g. another seed: liverlab evaluate --checkpoint A --checkpoint B per fold) and pair each "
+                    "patient with OUT's plain score; combines with --rescore-tta")
     args = ap.parse_args(argv)
     if args.threads:
         import torch
@@ -248,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{f' (patches {u.patch_size}^2)' if u.patch_size else ''}, {base.precision}"
           f"{' channels-last' if base.channels_last else ''}", flush=True)
 
-    if args.rescore_tta:
+    if args.rescore_tta or args.ensemble:
         return rescore(args, base, folds, out)
     wall0 = time.perf_counter()
     if args.jobs > 1:

@@ -14,8 +14,8 @@ from liverlab.cli import main
 from liverlab.config import config_from_dict
 from liverlab.errors import LiverlabError
 from liverlab.infer.ensemble import Ensemble
-from liverlab.infer.segment import load_ensemble
 from liverlab.infer.evaluate import native_case_metrics
+from liverlab.infer.segment import load_ensemble
 from liverlab.train import common
 from liverlab.train import data as tdata
 from liverlab.train.unet import build_unet
@@ -67,8 +67,9 @@ def test_members_must_agree_on_channels() -> None:
 
 
 def _config(root: Path, size: int = 32, split_seed: int = 0):
+    split = {"val": 0.2, "test": 0.2, "seed": split_seed}
     return config_from_dict({
-        "name": "ens", "data": {"root": str(root), "size": size, "split": {"val": 0.2, "test": 0.2, "seed": split_seed}},
+        "name": "ens", "data": {"root": str(root), "size": size, "split": split},
         "unet": {"model": {"depth": 2, "base_features": 4}},
     })
 
@@ -114,7 +115,8 @@ def test_evaluate_scores_the_ensemble_of_several_checkpoints(phantom_root, tmp_p
 
 
 def test_ensemble_members_that_saw_every_case_between_them_is_an_error(phantom_root, tmp_path, capsys) -> None:
-    tests = {s: set(tdata.cases_in(phantom_root / "mri", _config(phantom_root, split_seed=s), "test")) for s in range(8)}
+    mri = phantom_root / "mri"
+    tests = {s: set(tdata.cases_in(mri, _config(phantom_root, split_seed=s), "test")) for s in range(8)}
     s0, s1 = next((x, y) for x in tests for y in tests if not tests[x] & tests[y])
     a = _checkpoint(tmp_path / "a" / "best.pt", phantom_root, seed=0, split_seed=s0)
     b = _checkpoint(tmp_path / "b" / "best.pt", phantom_root, seed=1, split_seed=s1)

@@ -111,7 +111,8 @@ def test_config_checks_patch_size_against_data_size_and_depth(phantom_root) -> N
     assert tiny_config(phantom_root).unet.patch_size is None  # default: whole slices
     with pytest.raises(LiverlabError, match=r"unet\.patch_size 48 is larger than data\.size 32"):
         tiny_config(phantom_root, **{"unet.patch_size": 48})
-    with pytest.raises(LiverlabError, match=r"unet\.patch_size 18 is not divisible by 2\*\*\(unet\.model\.depth - 1\) = 4"):
+    not_divisible = r"unet\.patch_size 18 is not divisible by 2\*\*\(unet\.model\.depth - 1\) = 4"
+    with pytest.raises(LiverlabError, match=not_divisible):
         tiny_config(phantom_root, **{"unet.patch_size": 18})
 
 

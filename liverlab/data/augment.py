@@ -280,9 +280,10 @@ class Augment:
                 m = F.grid_sample(msk[:, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
                 msk = m[:, 0].round().to(msk.dtype)
         elif top is not None and left is not None:  # no resampling: cut the windows out exactly
-            img = torch.stack([img[i, :, t : t + ph, lf : lf + pw] for i, (t, lf) in enumerate(zip(top.tolist(), left.tolist(), strict=True))])
+            corners = list(enumerate(zip(top.tolist(), left.tolist(), strict=True)))
+            img = torch.stack([img[i, :, t : t + ph, lf : lf + pw] for i, (t, lf) in corners])
             if msk is not None:
-                msk = torch.stack([msk[i, t : t + ph, lf : lf + pw] for i, (t, lf) in enumerate(zip(top.tolist(), left.tolist(), strict=True))])
+                msk = torch.stack([msk[i, t : t + ph, lf : lf + pw] for i, (t, lf) in corners])
 
         if self.intensity:
             img = self._intensity(img)

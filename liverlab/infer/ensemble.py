@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 
-
 #: Config keys that must agree between members: they decide what a member is given and how its mask is
 #: post-processed; a member that differs would be scored on another input or another mask.
 MUST_AGREE = (
