@@ -142,8 +142,7 @@ def _evaluate_checkpoint(args: argparse.Namespace) -> tuple[list[dict[str, Any]]
                    "member's choice holds.", *notes],
         )
     rows = segment_dataset(args.checkpoint, args.data, out, tta=_tta_option(args.tta), cases=choice.cases)
-    keep = set(choice.cases)
-    rows = [{**r, "patient_id": choice.patients[r["case_id"]]} for r in rows if r["case_id"] in keep]
+    rows = [{**r, "patient_id": choice.patients[r["case_id"]]} for r in rows]  # only choice.cases were segmented
     print(f"predicted masks: {out}", file=sys.stderr)
     info = {"split": choice.split, "split_requested": choice.requested, "split_notes": choice.notes,
             "n_cases": len(rows), "n_patients": len({r["patient_id"] for r in rows}),

@@ -93,7 +93,9 @@ def segment_dataset(
         cases = tdata.cases_in(data_dir, config, split) if split else None
         if cases is not None and not cases:
             raise LiverlabError(f"{data_dir}: no cases in split {split!r} with the checkpoint's split settings")
-    slices = tdata.load(config, data_dir, "mri", None, all_slices=True, cases=list(cases) if cases else None)
+    elif not cases:
+        raise LiverlabError(f"{data_dir}: no cases given to segment")
+    slices = tdata.load(config, data_dir, "mri", None, all_slices=True, cases=None if cases is None else list(cases))
     return native_case_metrics(
         model, slices, data_dir, device, config.precision, config.unet.postprocess, out=out,
         tta=config.unet.tta if tta is None else tta,
