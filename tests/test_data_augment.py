@@ -250,7 +250,7 @@ def test_slices_no_op_fires_on_are_untouched() -> None:
 
 def test_config_defaults_on_and_validated() -> None:
     aug = Augment.from_config(AugmentConfig(), seed=0)
-    assert set(aug.intensity) == set(INTENSITY_OPS) - {"random_conv"}  # GIN is opt-in
+    assert set(aug.intensity) == set(INTENSITY_OPS) - {"random_conv", "liver_contrast"}  # both opt-in
     assert AugmentConfig().gamma.range == (0.5, 2.0)
     off = Augment.from_config(AugmentConfig(**{op: {"p": 0.0, "range": [1.0, 1.0]} for op in INTENSITY_OPS}))
     assert off.intensity == {}

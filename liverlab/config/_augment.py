@@ -24,6 +24,7 @@ class RandomRangeConfig(_Strict):
 
 #: Intensity ops: (smallest allowed lo, largest allowed hi, what the strength means).
 _INTENSITY_LIMITS = {
+    "liver_contrast": (0.0, 10.0, "factor on the liver alone (its mask), in (0, 10]"),
     "random_conv": (0.0, 1.0, "blend weight of a random shallow network's output (GIN), in [0, 1]"),
     "gamma": (0.0, 10.0, "exponent on [0, 1]-rescaled intensities, in (0, 10]"),
     "contrast": (0.0, 10.0, "factor about the slice mean, in (0, 10]"),
@@ -52,6 +53,8 @@ class AugmentConfig(_Strict):
     # (tests/test_robustness.py)
     # GIN (Ouyang et al. 2022): off by default; docs/chaos.md measures it on the dark-liver patient
     random_conv: RandomRangeConfig = RandomRangeConfig(p=0.0, range=(0.0, 1.0))
+    # the liver alone darker or brighter than its neighbours (mask-guided); off by default, docs/chaos.md
+    liver_contrast: RandomRangeConfig = RandomRangeConfig(p=0.0, range=(0.3, 1.6))
     gamma: RandomRangeConfig = RandomRangeConfig(p=0.5, range=(0.5, 2.0))
     contrast: RandomRangeConfig = RandomRangeConfig(p=0.15, range=(0.75, 1.25))
     brightness: RandomRangeConfig = RandomRangeConfig(p=0.15, range=(0.75, 1.25))
@@ -70,7 +73,8 @@ class AugmentConfig(_Strict):
                 )
             if "intensity" in raw:
                 raise ValueError(
-                    "intensity was removed: use contrast / brightness / gamma / bias_field / noise / blur / random_conv"
+                    "intensity was removed: use contrast / brightness / gamma / bias_field / noise / blur / "
+                    "random_conv / liver_contrast"
                 )
             # `--set unet.augment.gamma.p=0` alone: the op's other field keeps its default
             raw = dict(raw)
@@ -83,7 +87,7 @@ class AugmentConfig(_Strict):
     def _ranges(self) -> "AugmentConfig":
         for name, (lo, hi, what) in _INTENSITY_LIMITS.items():
             r = getattr(self, name).range
-            positive = name in ("gamma", "contrast", "brightness")
+            positive = name in ("liver_contrast", "gamma", "contrast", "brightness")
             if (r[0] <= lo if positive else r[0] < lo) or r[1] > hi:
                 raise ValueError(f"{name}.range: {what} (got {list(r)})")
         if len(set(self.flip)) != len(self.flip):
