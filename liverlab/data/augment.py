@@ -24,8 +24,8 @@ order:
   blurred by 1 px so the edge stays an edge of tissue, not of a stencil), the
   rest of the slice unchanged. The global ops below keep the order of tissue
   intensities; this one changes the liver's brightness relative to its
-  neighbours, as between CHAOS patients (liver / 5-px surrounding ring of 1.2
-  to 1.8 in most, 0.54 in the dark-liver patient mri_15, docs/chaos.md). It
+  neighbours, as between CHAOS patients (liver / 5-px surrounding ring 1.2 to
+  1.8 in 11 of the 12 shared, 0.54 in the dark-liver patient mri_15). It
   needs the mask: an unlabelled slice (``mask`` None) is left to the other
   ops. In a 2.5D stack every channel is scaled by the centre slice's mask.
 - ``random_conv``: GIN, global intensity non-linear augmentation (Ouyang et
