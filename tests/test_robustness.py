@@ -30,28 +30,14 @@ import pytest
 import torch
 
 from liverlab.config import config_from_dict
+from liverlab.data.perturb import PERTURBATIONS, check_perturbation, perturb
 
 HELD_OUT = "8"
 TRAIN = ("1", "2", "3", "5")
 ITERATIONS = 600
 MAX_DROP = 0.15
-PERTURBATIONS = ("gamma0.6", "gamma1.6", "bias")
 
 pytestmark = pytest.mark.slow
-
-
-def perturb(name: str, raw: np.ndarray) -> np.ndarray:
-    """A raw MR volume (X, Y, Z) as another scanner might record it."""
-    if name == "clean":
-        return raw
-    if name.startswith("gamma"):
-        g, m = float(name.removeprefix("gamma")), float(raw.max())
-        return (m * (np.clip(raw, 0.0, None) / m) ** g).astype(np.float32)
-    if name == "bias":  # smooth, positive, 0.6 .. 1.35 across the slice, the same in every slice
-        x = np.linspace(-1.0, 1.0, raw.shape[0])[:, None, None]
-        y = np.linspace(-1.0, 1.0, raw.shape[1])[None, :, None]
-        return (raw * np.exp(0.3 * x - 0.2 * y**2)).astype(np.float32)
-    raise ValueError(name)
 
 
 def _link(src: Path, folder: Path, ids: tuple[str, ...]) -> None:
@@ -126,6 +112,13 @@ def test_perturbations_change_the_preprocessed_input() -> None:
     assert perturb("gamma1.6", raw)[1, 0, 0] < raw[1, 0, 0]
     ratio = perturb("bias", raw)[1:] / raw[1:]
     assert 0.6 < ratio.min() < ratio.max() < 1.36
+    np.testing.assert_allclose(perturb("gamma2", np.array([0.0, 2.0, 4.0], np.float32)), [0.0, 1.0, 4.0])  # 4 (2/4)^2
+
+
+@pytest.mark.parametrize("name", ["gamma", "gamma0", "gamma-1", "gammax", "gammainf", "gammanan", "blur", ""])
+def test_unknown_perturbation_is_named(name: str) -> None:
+    with pytest.raises(ValueError, match="unknown perturbation"):
+        check_perturbation(name)
 
 
 def test_clean_held_out_patient_is_segmented(scores: dict[str, float]) -> None:
