@@ -45,7 +45,7 @@ from liverlab.config import load_config  # noqa: E402
 from liverlab.data.atomic import write_with  # noqa: E402
 from liverlab.data.perturb import PERTURBATIONS, check_perturbation, perturb  # noqa: E402
 
-CLEAN_TOLERANCE = 1e-3  # other thread counts may flip a few of ~10^5 liver voxels; a wrong path moves points
+CLEAN_TOLERANCE = 1e-3  # the rescore need not be bit-identical (threads, kernels); a wrong path moves points
 
 
 def perturbed_dataset(spec: dict[str, Any], name: str, work: Path) -> Path:
@@ -81,12 +81,12 @@ def score_cv(cv: Path, datasets: dict[str, Path], work: Path) -> dict[str, dict[
     out: dict[str, dict[str, float]] = {name: {} for name in datasets}
     for result in folds:
         fold = result.parent
-        cases = [row["case_id"] for row in json.loads(result.read_text())["rows"]]
+        recorded = {row["case_id"]: float(row["iou"]) for row in json.loads(result.read_text())["rows"]}
+        cases = list(recorded)
         for name, data in datasets.items():
             rows = segment_dataset(fold / "best.pt", data, work / "predictions" / cv.name / name / fold.name,
                                    cases=cases)
             out[name].update({row["case_id"]: float(row["iou"]) for row in rows})
-        recorded = {row["case_id"]: float(row["iou"]) for row in json.loads(result.read_text())["rows"]}
         off = max(abs(out["clean"][c] - recorded[c]) for c in cases)
         if off > CLEAN_TOLERANCE:  # the re-import and re-scoring path must reproduce the CV's own numbers
             raise SystemExit(f"{fold}: clean re-scored IoU differs from result.json by {off:.2e}")
@@ -119,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     names = [n for n in args.perturb.split(",") if n]
+    if not names:
+        ap.error("--perturb: give at least one perturbation (e.g. gamma0.6)")
     for n in names:
         try:
             check_perturbation(n)

@@ -19,8 +19,8 @@ issue 12 is not reached by this tiny model (depth 3, 8 features, 64 x 64);
 ``MAX_DROP`` = 0.15 leaves ~0.03 of margin. The recipe's own models
 (``experiments/chaos_unet.yaml``, 6-fold CV, two seeds) meet 0.10 on every
 patient under the same perturbations: worst drop 0.091 over 48 (model,
-patient) pairs, measured by ``benchmarks/bench_robustness.py`` (docs/chaos.md). Runs in ~45 s of CPU on one
-thread (marked slow).
+patient) pairs, measured by ``benchmarks/bench_robustness.py``
+(docs/chaos.md). Runs in ~45 s of CPU on one thread (marked slow).
 """
 
 from __future__ import annotations
