@@ -35,6 +35,13 @@ _INTENSITY_LIMITS = {
 }
 
 
+#: Geometric ops with a {p, range}: (smallest allowed lo, largest allowed hi, what the strength means).
+_GEOMETRY_LIMITS = {
+    "elastic": (0.0, 32.0, "largest displacement in pixels of the slice, in [0, 32]"),
+}
+_LIMITS = _GEOMETRY_LIMITS | _INTENSITY_LIMITS
+
+
 class AugmentConfig(_Strict):
     """U-Net slice augmentation (``liverlab.data.augment``).
 
@@ -49,6 +56,8 @@ class AugmentConfig(_Strict):
     )
     rotate_degrees: float = Field(10.0, ge=0.0, le=180.0)
     scale: float = Field(0.1, ge=0.0, lt=1.0)
+    # smooth random deformation (Ronneberger et al. 2015); off by default, docs/chaos.md measures it
+    elastic: RandomRangeConfig = RandomRangeConfig(p=0.0, range=(0.0, 4.0))
     # gamma wider and more often than nnU-Net's (p 0.3, [0.7, 1.5]), measured on held-out CHAOS MR
     # (tests/test_robustness.py)
     # GIN (Ouyang et al. 2022): off by default; docs/chaos.md measures it on the dark-liver patient
@@ -78,14 +87,14 @@ class AugmentConfig(_Strict):
                 )
             # `--set unet.augment.gamma.p=0` alone: the op's other field keeps its default
             raw = dict(raw)
-            for name in _INTENSITY_LIMITS:
+            for name in _LIMITS:
                 if isinstance(raw.get(name), dict):
                     raw[name] = {**cls.model_fields[name].default.model_dump(), **raw[name]}
         return raw
 
     @model_validator(mode="after")
     def _ranges(self) -> "AugmentConfig":
-        for name, (lo, hi, what) in _INTENSITY_LIMITS.items():
+        for name, (lo, hi, what) in _LIMITS.items():
             r = getattr(self, name).range
             positive = name in ("liver_contrast", "gamma", "contrast", "brightness")
             if (r[0] <= lo if positive else r[0] < lo) or r[1] > hi:

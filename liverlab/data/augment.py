@@ -1,4 +1,4 @@
-"""Slice augmentation on tensors: anatomical flips, rotation, scaling, intensity.
+"""Slice augmentation on tensors: anatomical flips, rotation, scaling, elastic deformation, intensity.
 
 Geometry is applied identically to image and mask (one sampling grid; the
 image bilinear, the mask nearest, so labels stay labels). Intensity
@@ -10,8 +10,17 @@ columns, dim -1, along y = anterior-posterior): ``left_right`` mirrors the
 rows, ``anterior_posterior`` the columns; each listed axis is flipped with
 probability 0.5. The default is no flip: the liver is on the patient's
 right and the abdomen is never upside down, and both are cues a segmenter
-should keep. When rotation and scaling are both off, no resampling happens,
-so the image is not blurred.
+should keep. When rotation, scaling and elastic deformation are all off, no
+resampling happens, so the image is not blurred.
+
+Elastic deformation (``elastic``, Ronneberger et al. 2015: the U-Net's answer
+to few annotated images): with probability ``p`` a slice's sampling grid is
+displaced by a smooth random field, N(0, 1) values on a coarse
+``ELASTIC_KNOTS`` x ``ELASTIC_KNOTS`` lattice upsampled bicubically to the
+output and scaled so that each component's largest displacement is the drawn
+strength, in pixels of the slice. It bends organ outlines (a longer left
+lobe, a rounder dome) where rotation and zoom only move them; image and mask
+share the displaced grid, as they share the affine one.
 
 Intensity augmentation (nnU-Net style) covers the contrast differences
 between scanners and patients that per-volume percentile normalisation does
@@ -87,6 +96,9 @@ FILL = -1.0
 #: Anatomical flip axis -> tensor dim of a (..., H, W) slice in the cache layout.
 FLIP_AXES: dict[str, int] = {"left_right": -2, "anterior_posterior": -1}
 
+#: Control lattice of the elastic field per axis: knots about a third of the slice apart (an organ's scale).
+ELASTIC_KNOTS = 4
+
 #: Intensity operations in the order they are applied.
 INTENSITY_OPS = ("liver_contrast", "random_conv", "blur", "bias_field", "brightness", "contrast", "gamma", "noise")
 
@@ -102,6 +114,22 @@ class RandomRange:
     def __post_init__(self) -> None:
         if not 0.0 <= self.p <= 1.0 or self.lo > self.hi:
             raise ValueError(f"RandomRange needs 0 <= p <= 1 and lo <= hi, got {self}")
+
+
+def elastic_field(n: int, h: int, w: int, generator: torch.Generator | None = None,
+                  knots: int = ELASTIC_KNOTS) -> torch.Tensor:
+    """(n, h, w, 2) smooth random displacements (x, y), each component's largest ``|value|`` exactly 1 per slice."""
+    g = torch.randn(n, 2, knots, knots, generator=generator)
+    f = F.interpolate(g, size=(h, w), mode="bicubic", align_corners=True)
+    f = f / f.abs().amax(dim=(2, 3), keepdim=True).clamp_min(1e-12)
+    return f.permute(0, 2, 3, 1)
+
+
+def displace(grid: torch.Tensor, field: torch.Tensor, pixels: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """``grid`` (n, ph, pw, 2) of ``grid_sample`` moved by ``field`` (n, ph, pw, 2, x then y) times ``pixels`` (n,)
+    pixels of the (h, w) input: output pixel p samples the input at (its affine position) + displacement."""
+    per_pixel = torch.tensor([2.0 / w, 2.0 / h])  # normalised units (align_corners=False) per input pixel
+    return grid + field * pixels.view(-1, 1, 1, 1) * per_pixel
 
 
 def bias_field(
@@ -171,7 +199,8 @@ class Augment:
     (B, H, W) integer, or None. Returns ``(image, mask)`` with the same shapes
     and dtypes. ``flip``: anatomical axes (``FLIP_AXES``), each flipped with
     probability 0.5; ``rotate_degrees`` uniform in +-degrees; ``scale`` zoom
-    uniform in 1 +- scale; the intensity ops are ``RandomRange`` or None (off).
+    uniform in 1 +- scale; ``elastic`` a ``RandomRange`` of displacements in pixels (module docstring); the
+    intensity ops are ``RandomRange`` or None (off).
     Every default is off: ``Augment()`` is the identity; the training
     defaults live in ``AugmentConfig`` (``Augment.from_config``).
     """
@@ -182,6 +211,7 @@ class Augment:
         rotate_degrees: float = 0.0,
         scale: float = 0.0,
         *,
+        elastic: RandomRange | None = None,
         liver_contrast: RandomRange | None = None,
         random_conv: RandomRange | None = None,
         blur: RandomRange | None = None,
@@ -202,6 +232,9 @@ class Augment:
             raise ValueError("rotate_degrees >= 0 and 0 <= scale < 1 are required")
         if patch_size is not None and (isinstance(patch_size, bool) or int(patch_size) != patch_size or patch_size < 1):
             raise ValueError(f"patch_size must be a positive integer or None, got {patch_size!r}")
+        if elastic is not None and elastic.lo < 0:
+            raise ValueError(f"elastic displacements must be >= 0 pixels, got {elastic}")
+        self.elastic = elastic if elastic is not None and elastic.p > 0 else None
         self.patch_size = None if patch_size is None else int(patch_size)
         self.flip = tuple(dict.fromkeys(flip))
         self.rotate_degrees = float(rotate_degrees)
@@ -226,8 +259,10 @@ class Augment:
         for name in INTENSITY_OPS:
             op = getattr(cfg, name)
             ops[name] = None if op is None else RandomRange(float(op.p), float(op.range[0]), float(op.range[1]))
+        el = getattr(cfg, "elastic", None)
         return cls(
             flip=list(getattr(cfg, "flip")),
+            elastic=None if el is None else RandomRange(float(el.p), float(el.range[0]), float(el.range[1])),
             rotate_degrees=float(getattr(cfg, "rotate_degrees")),
             scale=float(getattr(cfg, "scale")),
             patch_size=patch_size,
@@ -270,7 +305,7 @@ class Augment:
             top = torch.randint(0, h - ph + 1, (b,), generator=self.generator)
             left = torch.randint(0, w - pw + 1, (b,), generator=self.generator)
 
-        if self.rotate_degrees > 0 or self.scale > 0:
+        if self.rotate_degrees > 0 or self.scale > 0 or self.elastic is not None:
             angle = self._uniform(b, -self.rotate_degrees, self.rotate_degrees) * (math.pi / 180.0)
             zoom = self._uniform(b, 1.0 - self.scale, 1.0 + self.scale)
             cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
@@ -285,6 +320,10 @@ class Augment:
                 theta[:, 0, 2] = 2.0 * (left.float() + pw / 2.0) / w - 1.0
                 theta[:, 1, 2] = 2.0 * (top.float() + ph / 2.0) / h - 1.0
             grid = F.affine_grid(theta, [b, img.shape[1], ph, pw], align_corners=False)
+            if self.elastic is not None:  # drawn after the affine draws: streams without it are unchanged
+                on = self._fires(b, self.elastic.p)
+                pixels = torch.where(on, self._uniform(b, self.elastic.lo, self.elastic.hi), torch.zeros(b))
+                grid = displace(grid, elastic_field(b, ph, pw, self.generator), pixels, h, w)
             img = F.grid_sample(img - FILL, grid, mode="bilinear", padding_mode="zeros", align_corners=False) + FILL
             if msk is not None:
                 m = F.grid_sample(msk[:, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
