@@ -62,10 +62,11 @@ def _check_seg(logits: torch.Tensor, target: torch.Tensor) -> None:
 
 
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """Soft Dice loss of the foreground class for 2-class logits.
+    """Soft Dice loss of the liver (class 1) for logits of 2 or more classes.
 
     ``1 - (2 * sum(p1 * t) + eps) / (sum(p1) + sum(t) + eps)`` where
-    ``p1 = softmax(logits, dim=1)[:, 1]`` and ``t = (target == 1)``.
+    ``p1 = softmax(logits, dim=1)[:, 1]`` and ``t = (target == 1)``. Classes
+    2.. (other organs, ``unet.organs``) enter through the softmax only.
 
     The sums run over the **whole batch** (all images and pixels together),
     not per image and then averaged. On a liver-free slice a per-image Dice
@@ -76,14 +77,14 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1e-5
     report.
 
     Args:
-        logits: (N, 2, *spatial) raw scores.
-        target: (N, *spatial) integer labels in {0, 1}.
+        logits: (N, C, *spatial) raw scores, C >= 2.
+        target: (N, *spatial) integer labels in {0, ..., C - 1}.
         eps: smoothing in numerator and denominator; an all-background batch
             predicted all background gives loss 0.
     """
     _check_seg(logits, target)
-    if logits.shape[1] != 2:
-        raise ValueError(f"soft_dice_loss expects 2-class logits (N, 2, ...), got {tuple(logits.shape)}")
+    if logits.shape[1] < 2:
+        raise ValueError(f"soft_dice_loss expects logits of >= 2 classes (N, C, ...), got {tuple(logits.shape)}")
     if not eps > 0:
         raise ValueError(f"eps must be > 0, got {eps!r}")
     p1 = torch.softmax(logits.float(), dim=1)[:, 1]

@@ -96,8 +96,8 @@ def test_soft_dice_perfect_and_empty() -> None:
 
 def test_soft_dice_argument_checks() -> None:
     logits, target = _two_pixels()
-    with pytest.raises(ValueError, match="2-class"):
-        soft_dice_loss(torch.zeros(1, 3, 1, 2), target)
+    with pytest.raises(ValueError, match=">= 2 classes"):
+        soft_dice_loss(torch.zeros(1, 1, 1, 2), target)
     with pytest.raises(ValueError, match="target"):
         soft_dice_loss(logits, torch.zeros(1, 2, 2, dtype=torch.long))
     with pytest.raises(ValueError, match="integer"):

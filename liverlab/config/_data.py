@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -56,6 +57,23 @@ class NiftiImportConfig(_Strict):
     labels: str = Field(description="glob of label files (paired with the images by case id)")
     modality: Literal["ct", "mri"]
     liver_label: int = Field(1, ge=1, le=255, description="label value of the liver (kept as 1)")
+    organs: dict[str, tuple[int, ...]] | None = Field(
+        None,
+        description="other organs to keep, name -> source label values, as labels 2, 3, ... in this order "
+        "(for unet.organs); e.g. {spleen: [4], kidneys: [2, 3]}; default: liver only",
+    )
+
+    @model_validator(mode="after")
+    def _check_organs(self) -> NiftiImportConfig:
+        organs = self.organs or {}
+        bad = [k for k in organs if not re.fullmatch(r"[a-z][a-z0-9_]*", k) or k in ("background", "liver")]
+        if bad:
+            raise ValueError(f"organs: names must be lower-case letters, digits and '_' (not background, liver): {bad}")
+        values = [self.liver_label] + [v for vs in organs.values() for v in vs]
+        empty = any(not vs for vs in organs.values())
+        if empty or len(set(values)) != len(values) or min(values) < 1 or max(values) > 255:
+            raise ValueError(f"organs: each needs label values in 1..255, used once and not liver_label: {organs}")
+        return self
 
 
 class ChaosImportConfig(_Strict):

@@ -169,6 +169,13 @@ class UNetConfig(_Strict):
     patience: int = Field(10, ge=1, description="validations without improvement before early stopping")
     synthetic: str | None = Field(None, description="nnU-Net folder of synthetic MRI (stage unet)")
     mixing_ratio: float = Field(0.0, ge=0.0, le=100.0, description="synthetic / real slices drawn")
+    organs: bool = Field(
+        False,
+        description="also learn the other organs labelled in data.mri (its dataset.json labels 2.., from "
+        "data.import's organs) as extra output classes: an auxiliary task that shows the U-Net what the liver "
+        "is not. Cross-entropy over every class, soft Dice on the liver; validation, test, evaluate and the "
+        "saved masks stay liver-only. Needs mixing_ratio 0 (synthetic MRI carries liver masks only)",
+    )
     postprocess: PostprocessConfig = Field(
         PostprocessConfig(), description="applied to predicted masks before val/test/evaluate metrics"
     )
@@ -189,6 +196,8 @@ class UNetConfig(_Strict):
     def _some_loss(self) -> "UNetConfig":
         if self.dice_weight == 0 and self.ce_weight == 0:
             raise ValueError("dice_weight and ce_weight are both 0: there is nothing to train on")
+        if self.organs and self.mixing_ratio > 0:
+            raise ValueError("organs needs mixing_ratio 0: synthetic MRI has liver masks only, no other organs")
         return self
 
     @property

@@ -367,7 +367,7 @@ class Augment:
             sel = on.view(n, 1, 1, 1)
             if name == "liver_contrast":
                 assert mask is not None
-                liver = gaussian_blur((mask[idx] > 0).to(u.dtype)[:, None], 1.0)  # (n, 1, H, W) in [0, 1]
+                liver = gaussian_blur((mask[idx] == 1).to(u.dtype)[:, None], 1.0)  # (n, 1, H, W) in [0, 1]
                 u = torch.where(sel, (u * (1.0 + (v - 1.0) * liver)).clamp(0.0, 1.0), u)
             elif name == "random_conv":
                 u = random_conv(u, torch.where(on, value, torch.zeros_like(value)), self.generator)

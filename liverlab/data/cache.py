@@ -183,6 +183,8 @@ def _build(
         assert vol.label is not None
         liver = (vol.label == 1).astype(np.uint8)
         z = select_slices(liver, settings["empty_slice_fraction"])
+        if settings.get("organs"):  # every class of dataset.json (liver 1, other organs 2..), for unet.organs
+            liver = np.rint(vol.label).astype(np.uint8)
         if modality == "ct":
             img = normalise(vol.image, "ct", ct_window=tuple(settings["ct_window"]))
         else:
@@ -260,6 +262,7 @@ def load_slices(
     cache_dir: str | Path | None = None,
     cases: Sequence[str] | None = None,
     spacing_mm: float | None = None,
+    organs: bool = False,
 ) -> SliceSet:
     """Preprocessed slices of ``dataset_dir`` (built once, then read from the cache).
 
@@ -271,7 +274,9 @@ def load_slices(
     so phantom CT and MRI sets of the same patients align slice for slice.
     ``spacing_mm`` resamples every slice to that in-plane pixel size before
     centre-cropping or padding it to ``size`` (``to_spacing``); None resizes
-    the whole slice to ``size``.
+    the whole slice to ``size``. ``organs`` keeps every label of the dataset
+    (liver 1, other organs 2..; ``unet.organs``) in the masks; by default
+    they hold the liver alone.
     """
     from filelock import FileLock
 
@@ -312,6 +317,8 @@ def load_slices(
         if not spacing_mm > 0:
             raise LiverlabError(f"spacing_mm must be > 0, got {spacing_mm}")
         settings["spacing_mm"] = float(spacing_mm)
+    if organs:  # only when set, so liver-only caches keep their keys
+        settings["organs"] = True
     sources = [[r["case_id"], r["patient_id"], r["image_sha256"], r["label_sha256"]] for r in rows]
     key = sha256_json({"settings": settings, "cases": sources})[:32]
     cdir = Path(cache_dir) if cache_dir is not None else root / ".cache"

@@ -43,8 +43,18 @@ def _import_chaos_ct(args: argparse.Namespace) -> int:
 
 def _import_nifti(args: argparse.Namespace) -> int:
     from liverlab.data.importers import import_nifti
+    from liverlab.errors import LiverlabError
 
-    out = import_nifti(args.images, args.labels, args.modality, args.liver_label, args.out)
+    organs: dict[str, list[int]] = {}
+    for item in args.organ or []:  # NAME=V[,V...]
+        name, sep, values = item.partition("=")
+        try:
+            organs[name.strip()] = [int(v) for v in values.split(",")]
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip():
+            raise LiverlabError(f"--organ {item!r}: expected NAME=V[,V...], e.g. spleen=4 or kidneys=2,3")
+    out = import_nifti(args.images, args.labels, args.modality, args.liver_label, args.out, organs=organs)
     print(f"imported {args.modality} cases into {out}")
     return 0
 
@@ -129,13 +139,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.set_defaults(func=_import_chaos_ct)
 
     p = sub.add_parser("import-nifti", help="import NIfTI image/label pairs, keeping the liver label",
-                       description="Import NIfTI image/label pairs (e.g. the preprocessed CHAOS MR, multi-label "
-                       "masks) into the nnU-Net layout; the liver label becomes 1, every other label 0.")
+                       description="Import NIfTI image/label pairs (e.g. the preprocessed CHAOS MR, "
+                       "multi-label masks) into the nnU-Net layout; the liver label becomes 1, others 0 "
+                       "(unless --organ keeps them).")
     p.add_argument("--images", required=True, metavar="GLOB", help="quoted glob of images, e.g. 'src/image_*.nii.gz'")
     p.add_argument("--labels", required=True, metavar="GLOB", help="quoted glob of labels")
     p.add_argument("--modality", required=True, choices=["ct", "mri"], help="the images' modality")
     p.add_argument("--liver-label", required=True, type=int, metavar="V",
                    help="label value of the liver, kept as 1; other labels become 0 (CHAOS MR NIfTI: 1)")
+    p.add_argument("--organ", action="append", metavar="NAME=V[,V]",
+                   help="also keep an organ as label 2, 3, ... in the order given, for unet.organs (auxiliary "
+                   "classes); repeatable; CHAOS MR: --organ spleen=4 --organ kidneys=2,3")
     p.add_argument("--out", required=True, help="nnU-Net folder to create or append to")
     p.set_defaults(func=_import_nifti)
 

@@ -96,24 +96,33 @@ def pair_by_case(images: list[Path], labels: list[Path]) -> dict[str, tuple[Path
 
 
 def import_nifti(
-    images_glob: str, labels_glob: str, modality: str, liver_label: int, out: str | Path, progress: bool = True
+    images_glob: str, labels_glob: str, modality: str, liver_label: int, out: str | Path, progress: bool = True,
+    organs: Mapping[str, Sequence[int]] | None = None,
 ) -> Path:
     """Import image/label NIfTI pairs, keeping label value ``liver_label`` as liver (1).
 
-    Cases are named ``<modality>_<id>`` (id from the file names, see
-    ``case_ids_from_names``); the patient id equals the case name. Every pair
-    is validated (shape/affine match, finite voxels, some liver) before it is
-    written; all are reoriented to RAS+. Appends to an existing dataset.
+    ``organs`` (name -> source label values) also keeps other organs, as labels
+    2, 3, ... in the order given (dataset.json lists them); every other value
+    becomes background. Cases are named ``<modality>_<id>`` (id from the file
+    names, see ``case_ids_from_names``); the patient id equals the case name.
+    Every pair is validated (shape/affine match, finite voxels, some liver)
+    before it is written; all are reoriented to RAS+. Appends to an existing
+    dataset labelled the same way.
     """
     layout.check_modality(modality)
     if not 0 < int(liver_label) <= 255:
         raise LiverlabError(f"--liver-label must be in 1..255, got {liver_label}")
+    organs = {str(k): tuple(int(v) for v in vs) for k, vs in (organs or {}).items()}
+    labels = layout.organ_labels(tuple(organs))
+    taken = [int(liver_label)] + [v for vs in organs.values() for v in vs]
+    if len(set(taken)) != len(taken) or not all(0 < v <= 255 for v in taken):
+        raise LiverlabError(f"organs {organs}: source label values must be in 1..255, each used once, not the liver's")
     out = Path(out)
     pairs = pair_by_case(_expand(images_glob, "images"), _expand(labels_glob, "labels"))
     cases = {f"{modality}_{cid}": pair for cid, pair in pairs.items()}
     for case in cases:
         layout.check_case_id(case)
-    patients = prepare_out(out, modality, list(cases))
+    patients = prepare_out(out, modality, list(cases), labels)
     with staged(out) as stage:
         for case, (img_path, lab_path) in track(
             list(cases.items()), f"import {modality}", total=len(cases), enabled=progress
@@ -124,9 +133,13 @@ def import_nifti(
             if not liver.any():
                 values = sorted(int(v) for v in np.unique(vol.label))
                 raise LiverlabError(f"{lab_path}: no voxels with liver label {liver_label} (values present: {values})")
+            if organs:
+                source = np.rint(vol.label).astype(np.int64)
+                for name, values in organs.items():
+                    liver[np.isin(source, values) & (liver == 0)] = labels[name]
             save_case(stage, case, vol.image, liver, vol.affine)
             patients[case] = case
-        commit(out, stage, modality, patients, list(cases))
+        commit(out, stage, modality, patients, list(cases), labels)
     return out
 
 
@@ -149,6 +162,12 @@ def _check_not_stale(target: Path, specs: Sequence[Mapping[str, Any]]) -> None:
     for spec in specs:
         if spec.get("kind") != "nifti":
             continue
+        want, labels = layout.organ_labels(tuple(spec.get("organs") or {})), layout.dataset_labels(target)
+        if want != labels:
+            raise LiverlabError(
+                f"{target}: imported earlier with labels {labels}, but data.import's organs now ask for {want}; "
+                f"delete {target} to import again"
+            )
         images = sorted(Path(p) for p in _glob.glob(os.path.expanduser(spec["images"])) if Path(p).is_file())
         if not images:
             continue
@@ -165,7 +184,10 @@ def run_import(spec: Mapping[str, Any], out: str | Path, progress: bool = False)
     """Run one ``data.import`` entry (``kind`` nifti or chaos) into ``out``."""
     kind = spec["kind"]
     if kind == "nifti":
-        return import_nifti(spec["images"], spec["labels"], spec["modality"], int(spec["liver_label"]), out, progress)
+        return import_nifti(
+            spec["images"], spec["labels"], spec["modality"], int(spec["liver_label"]), out, progress,
+            organs=spec.get("organs"),
+        )
     if kind == "chaos":
         return import_chaos(spec["root"], out, spec["modality"], progress=progress)
     raise LiverlabError(f"data.import: unknown kind {kind!r} (nifti or chaos)")

@@ -8,6 +8,10 @@
 ``dataset.json`` also carries ``liverlab_patients`` (case id -> patient id)
 when a patient has several cases or ids differ; nnU-Net ignores unknown keys.
 When absent, the patient id is the case id.
+
+The liver is always label 1. A dataset imported with other organs (the
+import's ``organs``) labels them 2, 3, ... in the order given, and its
+``labels`` lists them; everything that measures the liver reads label 1 only.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ FILE_ENDING = ".nii.gz"
 CHANNEL_SUFFIX = "_0000"
 
 _CASE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_ORGAN_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+LIVER_ONLY: dict[str, int] = {"background": 0, "liver": 1}
 
 
 def check_modality(modality: str) -> str:
@@ -56,12 +62,24 @@ def label_path(dataset_dir: Path, case_id: str) -> Path:
     return Path(dataset_dir) / LABELS / f"{case_id}{FILE_ENDING}"
 
 
-def dataset_json(modality: str, num_training: int, patients: dict[str, str] | None = None) -> dict[str, Any]:
-    """An nnU-Net v2 ``dataset.json`` for a liver-only dataset."""
+def organ_labels(organs: list[str] | tuple[str, ...] = ()) -> dict[str, int]:
+    """``labels`` of a dataset.json: background 0, liver 1, then ``organs`` 2, 3, ... in order."""
+    for name in organs:
+        if not _ORGAN_RE.match(name) or name in LIVER_ONLY:
+            raise LiverlabError(f"organ name {name!r}: use lower-case letters, digits and '_', not background or liver")
+    if len(set(organs)) != len(organs):
+        raise LiverlabError(f"organ names repeat: {list(organs)}")
+    return {**LIVER_ONLY, **{name: 2 + k for k, name in enumerate(organs)}}
+
+
+def dataset_json(
+    modality: str, num_training: int, patients: dict[str, str] | None = None, labels: dict[str, int] | None = None
+) -> dict[str, Any]:
+    """An nnU-Net v2 ``dataset.json``: liver only, or with the organs of ``labels`` (``organ_labels``)."""
     check_modality(modality)
     out: dict[str, Any] = {
         "channel_names": {"0": CHANNEL_NAMES[modality]},
-        "labels": {"background": 0, "liver": 1},
+        "labels": dict(labels) if labels is not None else dict(LIVER_ONLY),
         "numTraining": int(num_training),
         "file_ending": FILE_ENDING,
     }
@@ -96,6 +114,19 @@ def dataset_modality(dataset_dir: str | Path) -> str:
     raise LiverlabError(f"{Path(dataset_dir) / DATASET_JSON}: channel name {channel!r} is neither CT nor MRI")
 
 
+def dataset_labels(dataset_dir: str | Path) -> dict[str, int]:
+    """``labels`` of dataset.json (name -> value); the liver must be 1 and values 0..n-1, or a LiverlabError."""
+    path = Path(dataset_dir) / DATASET_JSON
+    raw = read_dataset_json(dataset_dir).get("labels", LIVER_ONLY)
+    try:
+        labels = {str(k): int(v) for k, v in dict(raw).items()}
+    except (TypeError, ValueError):
+        raise LiverlabError(f"{path}: 'labels' must map names to integer values, got {raw!r}") from None
+    if labels.get("background") != 0 or labels.get("liver") != 1 or sorted(labels.values()) != list(range(len(labels))):
+        raise LiverlabError(f"{path}: 'labels' must be background 0, liver 1, other organs 2.. (got {labels})")
+    return labels
+
+
 def patients_of(dataset_dir: str | Path) -> dict[str, str]:
     """case id -> patient id as recorded in dataset.json (may be partial)."""
     data = read_dataset_json(dataset_dir)
@@ -121,8 +152,15 @@ def list_cases(dataset_dir: str | Path) -> list[tuple[str, Path, Path]]:
     return out
 
 
-def write_dataset_json(dataset_dir: str | Path, modality: str, patients: dict[str, str]) -> None:
-    """(Re)write ``dataset.json`` atomically for the cases now in the folder."""
+def write_dataset_json(
+    dataset_dir: str | Path, modality: str, patients: dict[str, str], labels: dict[str, int] | None = None
+) -> None:
+    """(Re)write ``dataset.json`` atomically for the cases now in the folder.
+
+    ``labels`` None keeps the labels of the dataset.json already there (liver only when none is).
+    """
     root = Path(dataset_dir)
     n = len(list_cases(root))
-    write_json_atomic(root / DATASET_JSON, dataset_json(modality, n, patients))
+    if labels is None and (root / DATASET_JSON).is_file():
+        labels = dataset_labels(root)
+    write_json_atomic(root / DATASET_JSON, dataset_json(modality, n, patients, labels))

@@ -25,13 +25,20 @@ from liverlab.data.nifti import compact_dtype, save_volume
 from liverlab.errors import LiverlabError
 
 
-def prepare_out(out: Path, modality: str, new_cases: list[str]) -> dict[str, str]:
-    """Check ``out`` can take ``new_cases``; return its current case -> patient map."""
+def prepare_out(
+    out: Path, modality: str, new_cases: list[str], labels: dict[str, int] | None = None
+) -> dict[str, str]:
+    """Check ``out`` can take ``new_cases`` labelled as ``labels`` (default liver only); return case -> patient."""
     patients: dict[str, str] = {}
     if (out / layout.DATASET_JSON).is_file():
         have = layout.dataset_modality(out)
         if have != modality:
             raise LiverlabError(f"{out}: holds {have} cases; cannot add {modality} cases to it")
+        want, present = labels or layout.LIVER_ONLY, layout.dataset_labels(out)
+        if want != present:
+            raise LiverlabError(
+                f"{out}: its cases are labelled {present}; cannot add cases labelled {want} (import into a new folder)"
+            )
         existing = {case for case, _, _ in layout.list_cases(out)}
         patients = {case: layout.patients_of(out).get(case, case) for case in existing}
         clash = sorted(existing & set(new_cases))
@@ -55,7 +62,10 @@ def staged(out: Path) -> Iterator[Path]:
         raise
 
 
-def commit(out: Path, stage: Path, modality: str, patients: dict[str, str], cases: list[str]) -> None:
+def commit(
+    out: Path, stage: Path, modality: str, patients: dict[str, str], cases: list[str],
+    labels: dict[str, int] | None = None,
+) -> None:
     """Move staged cases into ``out``, then write dataset.json and the manifest."""
     (out / layout.IMAGES).mkdir(parents=True, exist_ok=True)
     (out / layout.LABELS).mkdir(parents=True, exist_ok=True)
@@ -63,7 +73,7 @@ def commit(out: Path, stage: Path, modality: str, patients: dict[str, str], case
         # Label first: list_cases keys on images, so a case is visible only once complete.
         os.replace(layout.label_path(stage, case), layout.label_path(out, case))
         os.replace(layout.image_path(stage, case), layout.image_path(out, case))
-    layout.write_dataset_json(out, modality, patients)
+    layout.write_dataset_json(out, modality, patients, labels)
     build_manifest(out)
 
 

@@ -14,7 +14,7 @@ training list of every fold and in no validation list. nnU-Net reads
 (the command prints this).
 
 Files are copied byte for byte (liverlab writes image and label with one
-affine, labels uint8 {0, 1}); the whole dataset is built in a staging folder
+affine, labels uint8: liver 1, organs 2.. when imported with them); the whole dataset is built in a staging folder
 and renamed into place, so ``OUT`` never holds half a dataset.
 """
 
@@ -121,6 +121,12 @@ def export_nnunet(
     folder_name = dataset_folder_name(dataset_id, name)
     out = Path(out)
     modality, cases = _cases(Path(real), REAL_PREFIX, False, None)
+    labels = layout.dataset_labels(Path(real))  # liver only, or with the organs it was imported with
+    if synthetic is not None and labels != layout.LIVER_ONLY:
+        raise LiverlabError(
+            f"{real}: labels {labels} include other organs, but synthetic MRI has liver masks only; "
+            "export a liver-only import of the real MRI to mix them"
+        )
     if synthetic is not None:
         cases += _cases(Path(synthetic), SYNTHETIC_PREFIX, True, modality)[1]
     splits = make_splits(cases, folds, seed)
@@ -145,7 +151,7 @@ def export_nnunet(
             build / layout.DATASET_JSON,
             {
                 "channel_names": {"0": layout.CHANNEL_NAMES[modality]},
-                "labels": {"background": 0, "liver": 1},
+                "labels": labels,
                 "numTraining": len(cases),
                 "file_ending": layout.FILE_ENDING,
                 "name": name,

@@ -131,12 +131,18 @@ def group_by_case(slice_set: Any, arrays: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
+def _liver(label: np.ndarray) -> np.ndarray:
+    """The liver of a label volume: any non-zero voxel of a binary mask, label 1 of a multi-organ one."""
+    values = np.unique(np.rint(label))
+    return np.rint(label) == 1 if len(values[values != 0]) > 1 else label > 0.5
+
+
 def _row(
     case: str, patient: str, pred: np.ndarray, label: np.ndarray, spacing: Any, which: tuple[str, ...]
 ) -> dict[str, Any]:
     from liverlab.metrics import segmentation_metrics
 
-    m = segmentation_metrics(pred > 0, label > 0, tuple(float(s) for s in spacing))
+    m = segmentation_metrics(pred == 1, label == 1, tuple(float(s) for s in spacing))  # the liver: label 1
     return {"case_id": case, "patient_id": patient, **{k: float(m[k]) for k in which}}
 
 
@@ -330,7 +336,9 @@ def evaluate_files(pred: str | Path, label: str | Path) -> list[dict[str, Any]]:
     """CHAOS metrics for prediction/label NIfTI pairs (files or folders with matching cases).
 
     The predictions are evaluated exactly as given (no post-processing): they
-    are someone's final masks, e.g. those ``segment_dataset`` wrote.
+    are someone's final masks, e.g. those ``segment_dataset`` wrote. A label
+    holding one non-zero value is the liver mask; one holding several (a
+    dataset imported with ``organs``) has the liver at 1.
     """
     from liverlab.data.nifti import load_volume
     from liverlab.metrics import segmentation_metrics
@@ -341,6 +349,6 @@ def evaluate_files(pred: str | Path, label: str | Path) -> list[dict[str, Any]]:
         lv = load_volume(lab)
         if pv.image.shape != lv.image.shape or not np.allclose(pv.affine, lv.affine, atol=1e-3):
             raise LiverlabError(f"{p} and {lab}: prediction and label differ in shape or affine")
-        m = segmentation_metrics(pv.image > 0.5, lv.image > 0.5, tuple(lv.spacing))
+        m = segmentation_metrics(pv.image > 0.5, _liver(lv.image), tuple(lv.spacing))
         rows.append({"case_id": case, **{k: float(m[k]) for k in METRICS}})
     return rows

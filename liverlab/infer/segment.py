@@ -20,7 +20,7 @@ from liverlab.config import TTAConfig, config_from_dict
 from liverlab.errors import LiverlabError
 from liverlab.infer.ensemble import Ensemble, member_mismatch
 from liverlab.infer.evaluate import native_case_metrics
-from liverlab.models import unet_from_config
+from liverlab.models import liver_only, unet_from_config
 from liverlab.train import common
 from liverlab.train import data as tdata
 
@@ -35,12 +35,13 @@ def load_unet(checkpoint: str | Path, device: torch.device) -> tuple[torch.nn.Mo
     else:
         raise LiverlabError(f"{checkpoint}: not a U-Net checkpoint (kind={state.get('kind')!r})")
     config = config_from_dict(state["config"], source=f"{checkpoint} (embedded config)")
-    model = unet_from_config(config.unet.model)  # as train.unet.build_unet builds it
+    # as train.unet.build_unet builds it; more than 2 outputs with unet.organs (checkpoints before it: 2)
+    model = unet_from_config(config.unet.model, out_channels=int(state.get("out_channels", 2)))
     model.load_state_dict(weights)
     model = model.to(device)
     if config.channels_last:  # as in training, so bf16 kernels (and hence test/* and evaluate) match
         model = model.to(memory_format=torch.channels_last)
-    return model.eval(), config
+    return liver_only(model).eval(), config  # liver / not liver, whatever the classes it learned
 
 
 def load_ensemble(checkpoints: Sequence[str | Path], device: torch.device) -> tuple[torch.nn.Module, Any]:

@@ -18,7 +18,7 @@ from liverlab.models.registry import (
     unet_from_config,
 )
 from liverlab.models.resnet import ResnetBlock, ResnetGenerator, init_normal_, resnet_segmenter
-from liverlab.models.unet import UNet
+from liverlab.models.unet import LiverOnly, UNet, liver_only
 
 __all__ = [
     "MODELS",
@@ -34,5 +34,7 @@ __all__ = [
     "resnet_segmenter",
     "PatchDiscriminator",
     "UNet",
+    "LiverOnly",
+    "liver_only",
     "init_normal_",
 ]

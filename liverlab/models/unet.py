@@ -164,3 +164,32 @@ class UNet(nn.Module):
         for up in self.up:
             x = up(x, skips.pop())
         return self.head(x)
+
+
+class LiverOnly(nn.Module):
+    """A K-class segmenter (liver 1, other organs 2..; ``unet.organs``) seen as liver / not liver.
+
+    Returns ``(log(1 - p_liver), log p_liver)`` as 2-class logits, so softmax
+    gives back the model's own liver probability exactly and argmax is liver
+    where ``p_liver > 0.5``; every caller written for 2-class logits
+    (validation, test, ``liverlab evaluate``, TTA, ensembles) works unchanged.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        out_channels = getattr(model, "out_channels", None)
+        if not isinstance(out_channels, int) or out_channels < 3:
+            raise ValueError(f"LiverOnly wraps a model with out_channels >= 3, got {out_channels!r}")
+        self.model = model
+        self.in_channels = getattr(model, "in_channels", None)
+        self.out_channels = 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logp = torch.log_softmax(self.model(x).float(), dim=1)
+        rest = torch.logsumexp(torch.cat([logp[:, :1], logp[:, 2:]], dim=1), dim=1, keepdim=True)
+        return torch.cat([rest, logp[:, 1:2]], dim=1)
+
+
+def liver_only(model: nn.Module) -> nn.Module:
+    """``model`` itself when it has 2 outputs (background / liver), else ``LiverOnly(model)``."""
+    return model if getattr(model, "out_channels", 2) == 2 else LiverOnly(model)

@@ -104,11 +104,13 @@ def load(
     all_slices: bool = False,
     cases: list[str] | None = None,
     empty_slice_fraction: float | None = None,
+    organs: bool = False,
 ) -> Any:
     """A cached ``SliceSet`` of one modality and split, preprocessed per ``config.data``.
 
     ``empty_slice_fraction`` overrides ``data.empty_slice_fraction`` (the
-    U-Net's own setting); ``all_slices`` keeps every slice.
+    U-Net's own setting); ``all_slices`` keeps every slice; ``organs`` keeps
+    every label in the masks (``unet.organs``), not the liver alone.
     """
     from liverlab.data.cache import load_slices
 
@@ -138,6 +140,7 @@ def load(
         cache_dir=d.cache_dir,
         cases=cases,
         spacing_mm=d.spacing_mm,
+        organs=organs,
     )
 
 

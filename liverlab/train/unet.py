@@ -24,17 +24,19 @@ from typing import Any
 import torch
 
 from liverlab.config import ExperimentConfig, UNetConfig
+from liverlab.data import layout
 from liverlab.errors import LiverlabError
 from liverlab.infer import evaluate as ev
 from liverlab.losses import dice_ce_loss
-from liverlab.models import unet_from_config
+from liverlab.models import liver_only, unet_from_config
 from liverlab.train import common, precision
 from liverlab.train import data as tdata
 from liverlab.train.common import Report
 
 
-def build_unet(config: ExperimentConfig) -> torch.nn.Module:
-    return unet_from_config(config.unet.model)
+def build_unet(config: ExperimentConfig, out_channels: int = 2) -> torch.nn.Module:
+    """The U-Net of ``unet.model``; ``out_channels`` > 2 with ``unet.organs`` (one per dataset.json label)."""
+    return unet_from_config(config.unet.model, out_channels=out_channels)
 
 
 def make_optimizer(model: torch.nn.Module, u: UNetConfig) -> torch.optim.Optimizer:
@@ -69,7 +71,19 @@ class UNetData:
         _, mri_dir = tdata.dataset_dirs(config)
         tdata.require_dataset(mri_dir, "data.mri")
         self.mri_dir = mri_dir
-        self.train = tdata.load(config, mri_dir, "mri", "train", empty_slice_fraction=u.empty_slice_fraction)
+        # unet.organs: the training masks keep every organ of dataset.json (one output class each);
+        # validation and test masks stay liver-only, as every metric is of the liver.
+        self.n_classes = 2
+        if u.organs:
+            self.n_classes = len(layout.dataset_labels(mri_dir))
+            if self.n_classes < 3:
+                raise LiverlabError(
+                    f"unet.organs: {mri_dir / layout.DATASET_JSON} labels the liver only; import data.mri with "
+                    "organs (data.import's organs, or liverlab data import-nifti --organ), or set unet.organs false"
+                )
+        self.train = tdata.load(
+            config, mri_dir, "mri", "train", empty_slice_fraction=u.empty_slice_fraction, organs=u.organs
+        )
         if len(self.train) == 0:
             raise LiverlabError(f"data.mri: {mri_dir} has no training slices with the configured split")
         self.val = self._split(config, "val")
@@ -184,7 +198,8 @@ def train_unet(
     tracker, workdir, device = run.tracker, run.workdir, run.device
     amp = precision.prepare(config, device)  # resolved precision; TF32 / cudnn.benchmark on CUDA
     data = UNetData(config)
-    model = build_unet(config).to(device)
+    model = build_unet(config, data.n_classes).to(device)
+    seg = liver_only(model)  # liver / not liver, for validation and test (the model itself with 2 classes)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = make_optimizer(model, u)
@@ -240,7 +255,7 @@ def train_unet(
             }
             if data.val is not None:
                 t1 = time.perf_counter()
-                _, val = _validate(model, data.val, device, amp.precision, "val", u.postprocess)
+                _, val = _validate(seg, data.val, device, amp.precision, "val", u.postprocess)
                 metrics["time/val_s"] = time.perf_counter() - t1
                 if val["val/iou"] > best_iou:
                     best_iou, bad_rounds = val["val/iou"], 0
@@ -254,7 +269,7 @@ def train_unet(
                 "kind": "unet", "iteration": it, "model": model.state_dict(), "optim": opt.state_dict(),
                 "scaler": scaler.state_dict(),
                 "best_model": best_state if best_state is not None else model.state_dict(),
-                "best_iou": best_iou, "bad_rounds": bad_rounds,
+                "best_iou": best_iou, "bad_rounds": bad_rounds, "out_channels": data.n_classes,
                 "config": config.model_dump(mode="json"), "rng": common.rng_state(),
             }
             report(dict(metrics), checkpoint=common.save_checkpoint(workdir, state))
@@ -269,6 +284,7 @@ def train_unet(
     common.atomic_torch_save(
         {
             "kind": "unet_weights", "model": kept, "config": config.model_dump(mode="json"),
+            "out_channels": data.n_classes,
             "iteration": it, "train_patients": data.train_patients, "manifest_hash": _manifest_hash(data.mri_dir),
         },
         workdir / "best.pt",
@@ -276,13 +292,13 @@ def train_unet(
     final = dict(metrics)
     if data.test is not None:
         # Each test case on its own grid and spacing, by the function `liverlab evaluate --checkpoint` uses.
-        rows = ev.native_case_metrics(model, data.test, data.mri_dir, device, amp.precision, u.postprocess, tta=u.tta)
+        rows = ev.native_case_metrics(seg, data.test, data.mri_dir, device, amp.precision, u.postprocess, tta=u.tta)
         test = ev.mean_metrics(rows, "test")
         table = ev.write_table(rows, workdir / "per_patient.parquet")
         tracker.log_metrics(test, step=it)
         tracker.log_artifact(table)
         final.update(test)
-        _panel(model, data.test, device, amp.precision, workdir, tracker)
+        _panel(seg, data.test, device, amp.precision, workdir, tracker)
     tracker.flush()
     return final
 
