@@ -159,10 +159,11 @@ def _check_not_stale(target: Path, specs: Sequence[Mapping[str, Any]]) -> None:
     here (data moved, a copied dataset) are not checked: the import is done.
     """
     have = {case for case, _, _ in layout.list_cases(target)}
+    labels = layout.dataset_labels(target)  # read once, not once per spec
     for spec in specs:
         if spec.get("kind") != "nifti":
             continue
-        want, labels = layout.organ_labels(tuple(spec.get("organs") or {})), layout.dataset_labels(target)
+        want = layout.organ_labels(tuple(spec.get("organs") or {}))
         if want != labels:
             raise LiverlabError(
                 f"{target}: imported earlier with labels {labels}, but data.import's organs now ask for {want}; "

@@ -133,8 +133,9 @@ def group_by_case(slice_set: Any, arrays: np.ndarray) -> dict[str, np.ndarray]:
 
 def _liver(label: np.ndarray) -> np.ndarray:
     """The liver of a label volume: any non-zero voxel of a binary mask, label 1 of a multi-organ one."""
-    values = np.unique(np.rint(label))
-    return np.rint(label) == 1 if len(values[values != 0]) > 1 else label > 0.5
+    rounded = np.rint(label)
+    values = np.unique(rounded)
+    return rounded == 1 if len(values[values != 0]) > 1 else label > 0.5
 
 
 def _row(
